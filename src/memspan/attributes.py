@@ -1,0 +1,53 @@
+"""Validation of the attributes users attach to phases, done once at the phase edge.
+
+Invariants: values of OpenTelemetry attribute types (str, bool, int, float and homogeneous
+sequences of them) pass through unchanged; any other value is stringified, never dropped,
+with a warning the first time; keys in the reserved ``memspan.`` namespace are rejected with
+an error, because they would overwrite the figures memspan itself reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.util.types import AttributeValue
+
+from memspan.drops import ATTRIBUTE_STRINGIFIED, DropLedger
+from memspan.names import RESERVED_PREFIX
+
+_SCALARS = (str, bool, int, float)
+
+
+def _is_otel_value(value: object) -> bool:
+    if isinstance(value, _SCALARS):
+        return True
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        kinds = {type(item) for item in value}
+        return len(kinds) <= 1 and all(isinstance(item, _SCALARS) for item in value)
+    return False
+
+
+def clean_attributes(
+    attributes: Mapping[str, Any], ledger: DropLedger
+) -> dict[str, AttributeValue]:
+    """Return span-ready attributes, or raise naming the offending key."""
+    cleaned: dict[str, AttributeValue] = {}
+    for key, value in attributes.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"phase attribute keys must be non-empty strings, got {key!r}")
+        if key.startswith(RESERVED_PREFIX):
+            raise ValueError(
+                f"phase attribute {key!r} uses the reserved 'memspan.' namespace; "
+                "choose another key"
+            )
+        if _is_otel_value(value):
+            cleaned[key] = tuple(value) if isinstance(value, list) else value
+        else:
+            ledger.add(
+                ATTRIBUTE_STRINGIFIED,
+                warning=f"phase attribute {key!r} of type {type(value).__name__} is not an "
+                "OpenTelemetry attribute type; it was stringified",
+            )
+            cleaned[key] = str(value)
+    return cleaned

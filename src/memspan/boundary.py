@@ -1,0 +1,173 @@
+"""Fresh memory figures at a phase's entry and exit, and the peak in between.
+
+Invariants:
+
+- Entry and exit read the sources directly (not the last sample): RSS through a kept-open
+  ``/proc/self/statm``, the kernel's RSS high-water mark, and, only when the torch backend
+  is already initialised, one nested allocator stats call for the current device.
+- A phase's peak is exact (``peak_exact=True``) when the high-water mark (allocator peak, or
+  ``ru_maxrss`` on the host) rose inside the phase: the new mark is the phase's peak. Else
+  it is the highest of the entry, exit and sampler readings taken during the phase, and
+  marked inexact. Peak statistics are never reset.
+- A figure that cannot be measured is absent from the attributes, never zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memspan import names
+from memspan.sampling.history import MaxHistory
+from memspan.sampling.sampler import Sampler
+from memspan.sources.host import HostMemorySource
+from memspan.sources.torch_allocator import AllocatorFigures, TorchAllocatorSource
+
+
+class EntryFigures:
+    """What was measured when a phase opened."""
+
+    __slots__ = (
+        "allocated_history",
+        "allocated_tick",
+        "allocator",
+        "device_index",
+        "maxrss",
+        "reserved_history",
+        "reserved_tick",
+        "rss",
+        "rss_tick",
+    )
+
+    def __init__(self) -> None:
+        self.rss: int | None = None
+        self.maxrss: int | None = None
+        self.rss_tick = 0
+        self.allocator: AllocatorFigures | None = None
+        self.device_index = 0
+        self.allocated_history: MaxHistory | None = None
+        self.reserved_history: MaxHistory | None = None
+        self.allocated_tick = 0
+        self.reserved_tick = 0
+
+
+class ExitFigures:
+    """What a phase reports when it closes: span attributes and the histogram inputs."""
+
+    __slots__ = ("attributes", "device", "primary_peak")
+
+    def __init__(self, attributes: dict[str, Any], device: str, primary_peak: int | None) -> None:
+        self.attributes = attributes
+        self.device = device
+        self.primary_peak = primary_peak
+
+
+def phase_peak(
+    start: int | None,
+    end: int | None,
+    mark_start: int | None,
+    mark_end: int | None,
+    history: MaxHistory | None,
+    tick: int,
+) -> tuple[int | None, bool]:
+    """The peak between entry and exit, and whether it is exact (see module docstring)."""
+    if start is None or end is None:
+        return None, False
+    if mark_start is not None and mark_end is not None and mark_end > mark_start:
+        # The mark rose inside the phase. (The kernel updates ru_maxrss lazily, so the
+        # exit reading can be a little above it: the peak is at least that.)
+        return max(mark_end, start, end), True
+    best = max(start, end)
+    if history is not None:
+        sampled = history.max_since(tick)
+        if sampled is not None and sampled > best:
+            best = sampled
+    return best, False
+
+
+class BoundaryReader:
+    """Reads entry/exit figures for phases from the host and torch sources."""
+
+    def __init__(
+        self,
+        host: HostMemorySource | None,
+        torch: TorchAllocatorSource | None,
+        sampler: Sampler | None,
+    ) -> None:
+        self._host = host
+        self._torch = torch
+        self._sampler = sampler
+        self._rss_history = (
+            sampler.history(names.PROCESS_MEMORY_USAGE) if sampler is not None else None
+        )
+
+    def entry(self) -> EntryFigures:
+        figures = EntryFigures()
+        host = self._host
+        if host is not None:
+            figures.rss = host.rss_bytes()
+            figures.maxrss = host.peak_rss_bytes()
+            if self._rss_history is not None:
+                figures.rss_tick = self._rss_history.tick
+        torch = self._torch
+        if torch is not None and torch.initialized():
+            device = torch.api.current_device()
+            figures.device_index = device
+            figures.allocator = torch.read_device(device)
+            if self._sampler is not None:
+                attrs = torch.series_attributes(device)
+                alloc = self._sampler.history(names.TORCH_ALLOCATED, attrs)
+                reserved = self._sampler.history(names.TORCH_RESERVED, attrs)
+                figures.allocated_history, figures.reserved_history = alloc, reserved
+                figures.allocated_tick, figures.reserved_tick = alloc.tick, reserved.tick
+        return figures
+
+    @staticmethod
+    def entry_attributes(figures: EntryFigures, attributes: dict[str, Any]) -> None:
+        """Add the ``.start`` figures and the device to a span's start attributes."""
+        if figures.rss is not None:
+            attributes[names.RSS_START] = figures.rss
+        allocator = figures.allocator
+        if allocator is not None:
+            attributes[names.MEMORY_DEVICE] = allocator.device
+            attributes[names.ALLOCATED_START] = allocator.allocated
+            attributes[names.RESERVED_START] = allocator.reserved
+        else:
+            attributes[names.MEMORY_DEVICE] = "host"
+
+    def exit(self, start: EntryFigures) -> ExitFigures:
+        attributes: dict[str, Any] = {}
+        rss = maxrss = None
+        if self._host is not None:
+            rss = self._host.rss_bytes()
+            maxrss = self._host.peak_rss_bytes()
+        rss_peak, rss_exact = phase_peak(
+            start.rss, rss, start.maxrss, maxrss, self._rss_history, start.rss_tick
+        )
+        if rss is not None:
+            attributes[names.RSS_END] = rss
+        if rss_peak is not None:
+            attributes[names.RSS_PEAK] = rss_peak
+        begin = start.allocator
+        if begin is not None and self._torch is not None:
+            end = self._torch.read_device(start.device_index)
+            alloc_peak, alloc_exact = phase_peak(
+                begin.allocated, end.allocated, begin.allocated_peak, end.allocated_peak,
+                start.allocated_history, start.allocated_tick,
+            )
+            reserved_peak, _ = phase_peak(
+                begin.reserved, end.reserved, begin.reserved_peak, end.reserved_peak,
+                start.reserved_history, start.reserved_tick,
+            )
+            attributes[names.ALLOCATED_END] = end.allocated
+            attributes[names.RESERVED_END] = end.reserved
+            if alloc_peak is not None:
+                attributes[names.ALLOCATED_PEAK] = alloc_peak
+            if reserved_peak is not None:
+                attributes[names.RESERVED_PEAK] = reserved_peak
+            attributes[names.PEAK_EXACT] = alloc_exact
+            attributes[names.RETAINED] = end.allocated - begin.allocated
+            return ExitFigures(attributes, begin.device, alloc_peak)
+        if rss_peak is not None and start.rss is not None and rss is not None:
+            attributes[names.PEAK_EXACT] = rss_exact
+            attributes[names.RETAINED] = rss - start.rss
+        return ExitFigures(attributes, "host", rss_peak)

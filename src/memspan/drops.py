@@ -1,0 +1,59 @@
+"""The drop ledger: every piece of telemetry memspan deliberately discards is counted here.
+
+Invariant: each bounded structure (ring buffer, output files, export queue, sources that
+failed) calls :meth:`DropLedger.add` with a reason for everything it refuses or evicts; the
+ledger is exported as the ``memspan.recorder.dropped`` counter and never itself grows with
+load (one integer per reason, reasons are a fixed vocabulary).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Final
+
+_logger = logging.getLogger("memspan")
+
+RING_OVERFLOW: Final = "ring_overflow"
+EVENT_TRUNCATED: Final = "event_truncated"
+OUTPUT_ROTATED: Final = "output_rotated"
+OUTPUT_OVERSIZED: Final = "output_oversized"
+SOURCE_ERROR: Final = "source_error"
+EXPORT_QUEUE_FULL: Final = "export_queue_full"
+BREADCRUMB_ERROR: Final = "breadcrumb_error"
+DUMP_FAILED: Final = "dump_failed"
+CALLBACK_ERROR: Final = "callback_error"
+ATTRIBUTE_STRINGIFIED: Final = "attribute_stringified"
+PROTOCOL_ERROR: Final = "protocol_error"
+
+
+class DropLedger:
+    """Counts by reason, thread-safe, plus a one-time warning per reason."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._warned: set[str] = set()
+
+    def add(self, reason: str, count: int = 1, *, warning: str | None = None) -> None:
+        with self._lock:
+            self._counts[reason] = self._counts.get(reason, 0) + count
+            first = reason not in self._warned
+            if first:
+                self._warned.add(reason)
+        if first and warning:
+            _logger.warning("memspan: %s (further occurrences are only counted in "
+                            "memspan.recorder.dropped{memspan.reason=%s})", warning, reason)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def count(self, reason: str) -> int:
+        with self._lock:
+            return self._counts.get(reason, 0)
+
+
+def warn_once(ledger: DropLedger, reason: str, message: str) -> None:
+    """Count a visible-but-harmless anomaly and log it the first time."""
+    ledger.add(reason, warning=message)

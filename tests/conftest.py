@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from memspan import Tracker
+from memspan.sources.host import HostMemorySource
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@dataclass
+class Telemetry:
+    """A tracker wired to in-memory SDK exporters."""
+
+    tracker: Tracker
+    spans: InMemorySpanExporter
+    reader: InMemoryMetricReader
+    tracer_provider: TracerProvider
+
+    def finished(self) -> list[ReadableSpan]:
+        return list(self.spans.get_finished_spans())
+
+    def span(self, name: str) -> ReadableSpan:
+        matches = [s for s in self.finished() if s.name == name]
+        assert len(matches) == 1, f"expected one span {name!r}, got {len(matches)}"
+        return matches[0]
+
+    def metrics(self) -> dict[str, Any]:
+        data: MetricsData | None = self.reader.get_metrics_data()
+        out: dict[str, Any] = {}
+        if data is None:
+            return out
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    out[metric.name] = metric
+        return out
+
+
+def make_telemetry(**tracker_kwargs: Any) -> Telemetry:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    tracker_kwargs.setdefault("start_sampler", False)
+    tracker_kwargs.setdefault("sources", [HostMemorySource()])
+    tracker = Tracker(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                      **tracker_kwargs)
+    return Telemetry(tracker, exporter, reader, tracer_provider)
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    t = make_telemetry()
+    yield t
+    t.tracker.shutdown()
+
+
+@pytest.fixture
+def telemetry_factory() -> Iterator[Any]:
+    made: list[Telemetry] = []
+
+    def factory(**kwargs: Any) -> Telemetry:
+        t = make_telemetry(**kwargs)
+        made.append(t)
+        return t
+
+    yield factory
+    for t in made:
+        t.tracker.shutdown()

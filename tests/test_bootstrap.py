@@ -1,0 +1,117 @@
+"""configure()/shutdown(): the embedded default, the user's exporters, the user's providers.
+
+Each case runs in a real subprocess: OTel global providers can be set once per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+WORKLOAD = textwrap.dedent(
+    """
+    import sys
+    import memspan
+    tracker = memspan.configure(service_name="bootstrap-test", export_interval_s=60)
+    with memspan.phase("train"):
+        for step in range(3):
+            with memspan.phase("step", step=step):
+                data = bytearray(2_000_000)
+    assert memspan.shutdown(timeout_s=10)
+    """
+)
+
+
+def run(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    clean.update(env)
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=clean, text=True,
+                          capture_output=True, timeout=120, check=False)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def spans_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [span for record in records for rs in record["resourceSpans"]
+            for ss in rs["scopeSpans"] for span in ss["spans"]]
+
+
+def metrics_of(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for record in records for rm in record["resourceMetrics"]
+            for sm in rm["scopeMetrics"] for m in sm["metrics"]}
+
+
+def test_embedded_default_writes_otlp_json_lines(tmp_path: Path) -> None:
+    result = run(WORKLOAD, tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "memspan-out"
+    spans = spans_of(read_jsonl(out / "traces.jsonl"))
+    assert sorted(s["name"] for s in spans) == ["step", "step", "step", "train"]
+    step = next(s for s in spans if s["name"] == "step")
+    keys = {a["key"] for a in step["attributes"]}
+    assert {"memspan.phase.path", "memspan.phase.scope_id", "memspan.phase.parent_scope_id",
+            "memspan.session.id", "memspan.memory.rss.start", "memspan.memory.rss.peak",
+            "memspan.memory.retained", "memspan.memory.peak_exact", "step"} <= keys
+    records = read_jsonl(out / "metrics.jsonl")
+    metrics = metrics_of(records)
+    span_ids = {s["spanId"] for s in spans}
+    for name in ("memspan.phase.duration", "memspan.phase.memory.peak"):
+        # the first export carries the exemplars (later cumulative exports repeat the counts)
+        points = [p for record in records for rm in record["resourceMetrics"]
+                  for sm in rm["scopeMetrics"] for m in sm["metrics"] if m["name"] == name
+                  for p in m["histogram"]["dataPoints"]]
+        exemplar_ids = {e["spanId"] for p in points for e in p.get("exemplars", [])}
+        assert exemplar_ids and exemplar_ids <= span_ids
+        paths = {a["value"]["stringValue"] for p in points if p.get("exemplars")
+                 for a in p["attributes"] if a["key"] == "memspan.phase.path"}
+        assert paths == {"train", "train / step"}
+    assert "process.memory.usage" in metrics
+    resource = read_jsonl(out / "traces.jsonl")[0]["resourceSpans"][0]["resource"]
+    resource_attrs = {a["key"]: a["value"] for a in resource["attributes"]}
+    assert resource_attrs["service.name"] == {"stringValue": "bootstrap-test"}
+    assert "service.instance.id" in resource_attrs
+
+
+def test_user_configured_exporters_are_used_and_nothing_is_written(tmp_path: Path) -> None:
+    result = run(WORKLOAD, tmp_path, OTEL_TRACES_EXPORTER="console", OTEL_METRICS_EXPORTER="none")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "memspan-out").exists()
+    assert '"memspan.phase.path": "train / step"' in result.stdout
+
+
+def test_global_providers_already_set_are_used(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        import memspan
+        memspan.configure()
+        with memspan.phase("mine"):
+            pass
+        memspan.shutdown()
+        print([s.name for s in exporter.get_finished_spans()])
+        """
+    )
+    result = run(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "['mine']" in result.stdout
+    assert not (tmp_path / "memspan-out").exists()
+
+
+def test_bad_environment_value_is_a_clear_error(tmp_path: Path) -> None:
+    result = run(WORKLOAD, tmp_path, MEMSPAN_SAMPLE_INTERVAL="often")
+    assert result.returncode != 0
+    assert "MEMSPAN_SAMPLE_INTERVAL='often' is not a number" in result.stderr
