@@ -16,10 +16,18 @@ metrics; an OOM flight recorder leaves a dump bundle linked from the failing spa
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from memspan.bootstrap import configure, shutdown
 from memspan.config import ConfigError, MemspanConfig
+from memspan.oom import (
+    OOMExceptionClassification,
+    OOMFlightRecorder,
+    OOMFlightRecorderConfig,
+    classify_oom_exception,
+)
+from memspan.oom.service import capture_oom_block
 from memspan.runtime import (
     PhaseBoundary,
     PhaseHandle,
@@ -41,9 +49,19 @@ def enter_phase(name: str, attributes: Mapping[str, Any] | None = None) -> Phase
     return get_tracker().enter_phase(name, attributes)
 
 
+def capture_oom(
+    context: str | None = None, metadata: Mapping[str, Any] | None = None
+) -> AbstractContextManager[None]:
+    """Dump and report an OOM raised in this block (for code outside phases); re-raises it."""
+    return capture_oom_block(get_tracker().flight_recorder, context, metadata)
+
+
 __all__ = [
     "ConfigError",
     "MemspanConfig",
+    "OOMExceptionClassification",
+    "OOMFlightRecorder",
+    "OOMFlightRecorderConfig",
     "PhaseBoundary",
     "PhaseHandle",
     "PhaseProtocolError",
@@ -52,6 +70,8 @@ __all__ = [
     "PhaseToken",
     "Tracker",
     "__version__",
+    "capture_oom",
+    "classify_oom_exception",
     "configure",
     "enter_phase",
     "get_tracker",

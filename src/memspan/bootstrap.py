@@ -116,15 +116,17 @@ def _install(
     meter_provider: metrics.MeterProvider | None,
 ) -> Installation:
     if tracer_provider is not None or meter_provider is not None:
-        tracker = Tracker(tracer_provider=tracer_provider, meter_provider=meter_provider, config=cfg)
+        tracker = Tracker(tracer_provider=tracer_provider, meter_provider=meter_provider, config=cfg,
+                          install_excepthooks=True)
         return Installation(tracker, "explicit")
     if global_providers_set():
-        return Installation(Tracker(config=cfg), "global")
+        return Installation(Tracker(config=cfg, install_excepthooks=True), "global")
     resource = build_resource(service_name, cfg.job_id)
     if user_configured_exporters():
         tracer, meter = providers_from_environment(resource)
         _set_globals(tracer, meter)
-        return Installation(Tracker(config=cfg), "environment", owned_providers=[tracer, meter])
+        return Installation(Tracker(config=cfg, install_excepthooks=True), "environment",
+                            owned_providers=[tracer, meter])
     ledger = DropLedger()
     embedded = build_embedded_output(
         cfg.output_dir,
@@ -134,7 +136,7 @@ def _install(
         ledger=ledger,
     )
     _set_globals(embedded.tracer_provider, embedded.meter_provider)
-    tracker = Tracker(config=cfg, ledger=ledger)
+    tracker = Tracker(config=cfg, ledger=ledger, install_excepthooks=True)
     return Installation(
         tracker, "embedded", embedded,
         owned_providers=[embedded.tracer_provider, embedded.meter_provider],

@@ -39,6 +39,7 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
             config=config,
+            install_excepthooks=True,
         )
         previous = set_default_tracker(tracker)
         if previous is not None:

@@ -93,6 +93,7 @@ class OpenScope:
         "depth",
         "generation",
         "name",
+        "outer_span",
         "parent",
         "path",
         "path_text",
@@ -100,6 +101,7 @@ class OpenScope:
         "scope_id",
         "sequence",
         "session_id",
+        "span",
         "thread",
         "thread_id",
     )
@@ -131,6 +133,8 @@ class OpenScope:
         self.closed = False
         self.context_token: Token[Context] | None = None
         self.context: Context | None = None
+        self.span: trace.Span | None = None
+        self.outer_span: trace.Span | None = None
 
     def token(self) -> PhaseToken:
         return PhaseToken(self.scope_id, self.session_id, self.rank, self.thread_id, self.name)
@@ -251,7 +255,9 @@ class PhaseRecorder:
         )
         ctx = otel_context.set_value(self._key, scope)
         if make_span is not None:
-            ctx = trace.set_span_in_context(make_span(scope), ctx)
+            scope.outer_span = trace.get_current_span()
+            scope.span = make_span(scope)
+            ctx = trace.set_span_in_context(scope.span, ctx)
         scope.context = ctx
         scope.context_token = otel_context.attach(ctx)
         with self._lock:

@@ -39,6 +39,7 @@ from memspan.boundary import BoundaryReader, EntryFigures, ExitFigures
 from memspan.config import MemspanConfig
 from memspan.drops import CALLBACK_ERROR, PROTOCOL_ERROR, DropLedger
 from memspan.instruments import MemoryInstruments
+from memspan.oom.service import FlightRecorderService
 from memspan.runtime import OpenScope, PhaseHandle, PhaseProtocolError, PhaseRecorder
 from memspan.sampling.sampler import Sampler
 from memspan.sources.base import MemorySource
@@ -112,6 +113,7 @@ class Tracker:
         session_id: str | None = None,
         start_sampler: bool = True,
         ledger: DropLedger | None = None,
+        install_excepthooks: bool = False,
     ) -> None:
         self.config = config if config is not None else MemspanConfig()
         self.session_id = session_id or str(uuid.uuid4())
@@ -154,6 +156,9 @@ class Tracker:
         self.listeners: list[PhaseListener] = []
         self.oom_handler: OOMHandler | None = None
         self._closed = False
+        self.flight_recorder = FlightRecorderService(self)
+        if install_excepthooks:
+            self.flight_recorder.install_excepthooks()
         if start_sampler:
             self.sampler.start()
 
@@ -284,6 +289,7 @@ class Tracker:
             return True
         self._closed = True
         stopped = self.sampler.shutdown(timeout_s)
+        self.flight_recorder.shutdown()
         self.instruments.disable()
         for source in self.sources:
             try:

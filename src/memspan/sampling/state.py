@@ -64,6 +64,11 @@ class SamplerState:
         with self._lock:
             return self._latest.get((metric, attributes))
 
+    def items(self) -> list[tuple[str, AttributeItems, int | float]]:
+        """Every series' latest value: (metric, attributes, value)."""
+        with self._lock:
+            return [(metric, attrs, value) for (metric, attrs), value in self._latest.items()]
+
     def clear(self) -> None:
         with self._lock:
             self._latest.clear()

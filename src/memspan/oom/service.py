@@ -1,0 +1,398 @@
+"""Connects a tracker to its flight recorder: ring events in, OOM evidence out.
+
+Feeds the ring with phase boundaries, samples (at most one per ``sample_every_s``) and
+allocator/cgroup counter increases; writes breadcrumbs when enabled; and answers an OOM
+wherever it surfaces:
+
+- escaping a phase: the innermost phase handles it (one bundle per OOM however deep the
+  nesting: the exception is marked once handled), adds the ``memspan.oom`` event and the
+  ``memspan.oom.dump.path`` attribute to that phase span and to the current non-phase span
+  if there is one, and counts it in ``memspan.oom.count``;
+- in :func:`memspan.capture_oom` blocks outside phases;
+- uncaught, through chained ``sys.excepthook``/``threading.excepthook``.
+
+Invariant: the user's exception is never replaced or swallowed; every failure here is
+counted and logged once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from memspan import names
+from memspan.drops import CALLBACK_ERROR
+from memspan.oom.breadcrumbs import BreadcrumbWriter, breadcrumb_path
+from memspan.oom.classify import OOMExceptionClassification, classify_oom_exception
+from memspan.oom.events import EventType
+from memspan.oom.observer import AllocatorObserver, ObservedOOM, process_observer
+from memspan.oom.recorder import DumpRequest, DumpResult, OOMFlightRecorder, OOMFlightRecorderConfig
+from memspan.resource import rank_identity
+from memspan.runtime import OpenScope
+from memspan.sampling.sampler import CounterIncrease
+from memspan.sources.base import Reading
+
+if TYPE_CHECKING:
+    from memspan.tracker import LivePhase, Tracker
+
+_logger = logging.getLogger(__name__)
+_HANDLED = "__memspan_oom_handled__"
+_handled_ids: collections.deque[int] = collections.deque(maxlen=256)
+
+_COUNTER_EVENTS = {
+    names.TORCH_ALLOC_RETRIES: EventType.ALLOC_RETRY,
+    names.TORCH_OOMS: EventType.ALLOCATOR_OOM,
+    names.CGROUP_OOM_KILLS: EventType.CGROUP_OOM_KILL,
+}
+
+
+def mark_handled(error: BaseException) -> None:
+    try:
+        setattr(error, _HANDLED, True)
+    except (AttributeError, TypeError):
+        _handled_ids.append(id(error))
+
+
+def is_handled(error: BaseException) -> bool:
+    return bool(getattr(error, _HANDLED, False)) or id(error) in _handled_ids
+
+
+def _hex_ids(span: trace.Span) -> tuple[str | None, str | None]:
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None, None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+def phase_stack(scope: OpenScope | None) -> list[dict[str, Any]]:
+    """The open phases from the outermost to ``scope``."""
+    stack = []
+    node = scope
+    while node is not None:
+        stack.append({"name": node.name, "path": node.path_text, "scope_id": node.scope_id,
+                      "depth": node.depth, "thread_id": node.thread_id,
+                      "thread_name": node.thread.name})
+        node = node.parent
+    stack.reverse()
+    return stack
+
+
+class FlightRecorderService:
+    """The tracker's flight recorder, its breadcrumbs, and its OOM responses."""
+
+    def __init__(self, tracker: Tracker, observer: AllocatorObserver | None = None,
+                 sample_every_s: float = 1.0) -> None:
+        config = tracker.config
+        self.tracker = tracker
+        self.recorder = OOMFlightRecorder(
+            OOMFlightRecorderConfig(enabled=config.oom_enabled, dump_dir=config.dump_dir,
+                                    buffer_size=config.buffer_size, max_dumps=config.max_dumps,
+                                    max_total_mb=config.max_total_mb),
+            rank_identity=_safe_rank_identity(tracker.rank),
+            ledger=tracker.ledger,
+            memory_provider=self.memory_snapshot,
+        )
+        self.observer = observer if observer is not None else process_observer()
+        self.observer.capture_history = config.cuda_history
+        self.sample_every_s = sample_every_s
+        self._last_sample = 0.0
+        self._history_started = False
+        self.breadcrumbs: BreadcrumbWriter | None = None
+        if config.breadcrumbs:
+            self.breadcrumbs = BreadcrumbWriter(
+                breadcrumb_path(config.dump_dir, tracker.rank, os.getpid()),
+                self.recorder.ring,
+                {"pid": os.getpid(), "rank": tracker.rank, "session_id": tracker.session_id,
+                 "started_at": time.time(), "dump_dir": os.path.abspath(config.dump_dir)},
+                ledger=tracker.ledger,
+            )
+        tracker.listeners.append(self)
+        tracker.oom_handler = self.on_phase_error
+        tracker.sampler.add_listener(self.on_sample)
+        self.observer.add_listener(self.on_observed)
+        self._previous_excepthook: Any = None
+        self._previous_threading_hook: Any = None
+        self._closed = False
+
+    # -- ring feeding ------------------------------------------------------------------------
+    def phase_opened(self, phase: LivePhase) -> None:
+        entry = phase.entry
+        event: dict[str, Any] = {"type": EventType.PHASE_START.value,
+                                 "path": phase.scope.path_text, "scope_id": phase.scope.scope_id}
+        if entry.rss is not None:
+            event["rss"] = entry.rss
+        if entry.allocator is not None:
+            event["device"] = entry.allocator.device
+            event["allocated"] = entry.allocator.allocated
+            event["reserved"] = entry.allocator.reserved
+            self._ensure_observer()
+        self.recorder.record_event(event)
+        if self.breadcrumbs is not None:
+            self.breadcrumbs.flush()
+
+    def phase_closed(self, phase: LivePhase, error: BaseException | None) -> None:
+        event: dict[str, Any] = {"type": EventType.PHASE_END.value,
+                                 "path": phase.scope.path_text, "scope_id": phase.scope.scope_id,
+                                 "duration_s": (time.time_ns() - phase.start_ns) / 1e9}
+        if phase.exit_figures is not None:
+            attributes = phase.exit_figures.attributes
+            for key, short in ((names.RSS_END, "rss"), (names.RSS_PEAK, "rss_peak"),
+                               (names.ALLOCATED_END, "allocated"),
+                               (names.ALLOCATED_PEAK, "allocated_peak"),
+                               (names.RETAINED, "retained")):
+                if key in attributes:
+                    event[short] = attributes[key]
+        if error is not None:
+            event["error"] = type(error).__name__
+        self.recorder.record_event(event)
+        if self.breadcrumbs is not None:
+            self.breadcrumbs.flush()
+
+    def on_sample(self, readings: Sequence[Reading], increases: Sequence[CounterIncrease]) -> None:
+        for increase in increases:
+            event_type = _COUNTER_EVENTS.get(increase.metric)
+            if event_type is not None:
+                self.recorder.record_event({
+                    "type": event_type.value, "metric": increase.metric,
+                    "attributes": dict(increase.attributes),
+                    "before": increase.before, "after": increase.after,
+                })
+        now = time.monotonic()
+        if now - self._last_sample >= self.sample_every_s:
+            self._last_sample = now
+            values = {}
+            for reading in readings:
+                key = reading.metric
+                device = dict(reading.attributes).get(names.MEMORY_DEVICE) or dict(
+                    reading.attributes).get(names.HW_ID)
+                values[f"{key}[{device}]" if device else key] = reading.value
+            self.recorder.record_event({"type": EventType.SAMPLE.value, "values": values})
+            if self.tracker.torch_source is not None and self.tracker.torch_source.initialized():
+                self._ensure_observer()
+        if self.breadcrumbs is not None:
+            self.breadcrumbs.flush()
+
+    def on_observed(self, observed: ObservedOOM) -> None:
+        self.recorder.record_event({
+            "type": EventType.ALLOCATOR_OOM.value, "source": "observer",
+            "device": f"cuda:{observed.device}", "requested_bytes": observed.requested_bytes,
+            "device_allocated_bytes": observed.device_allocated_bytes,
+            "device_free_bytes": observed.device_free_bytes,
+        })
+        if self.breadcrumbs is not None:
+            self.breadcrumbs.flush(force=True)
+
+    def _ensure_observer(self) -> None:
+        if self.observer.attached:
+            return
+        if self.observer.ensure_attached() and self.tracker.config.cuda_history:
+            self._start_history()
+
+    def _start_history(self) -> None:
+        if self._history_started:
+            return
+        self._history_started = True
+        torch = sys.modules.get("torch")
+        try:
+            if torch is not None:
+                torch.cuda.memory._record_memory_history(max_entries=100_000)
+        except Exception as error:
+            _logger.warning("memspan: CUDA memory history could not be enabled: %s", error)
+
+    # -- OOM responses -----------------------------------------------------------------------
+    def on_phase_error(self, phase: LivePhase, error: BaseException) -> None:
+        if is_handled(error):
+            return
+        classification = classify_oom_exception(error)
+        if not classification.is_oom:
+            return
+        mark_handled(error)
+        scope = phase.scope
+        self._respond(error, classification, phase.span, enclosing_non_phase_span(scope), scope,
+                      context=scope.path_text)
+
+    def capture(self, error: BaseException, context: str | None,
+                metadata: Mapping[str, Any] | None) -> None:
+        """An OOM caught by :func:`memspan.capture_oom` (not yet handled by a phase)."""
+        if is_handled(error):
+            return
+        classification = classify_oom_exception(error)
+        if not classification.is_oom:
+            return
+        mark_handled(error)
+        span = trace.get_current_span()
+        self._respond(error, classification, span if span.is_recording() else None, None,
+                      self.tracker.recorder.current(), context=context, metadata=metadata)
+
+    def _respond(self, error: BaseException, classification: OOMExceptionClassification,
+                 span: trace.Span | None, extra_span: trace.Span | None,
+                 scope: OpenScope | None, *, context: str | None,
+                 metadata: Mapping[str, Any] | None = None) -> DumpResult:
+        try:
+            classification, observed = self._refine(classification)
+            trace_id, span_id = _hex_ids(span) if span is not None else (None, None)
+            self.recorder.record_event({"type": EventType.OOM.value, "kind": classification.kind,
+                                        "reason": classification.reason,
+                                        "path": scope.path_text if scope else None})
+            result = self.recorder.write_dump(DumpRequest(
+                reason=classification.reason or "oom", exception=error, context=context,
+                backend=_backend(classification), classification=classification,
+                metadata=metadata, trace_id=trace_id, span_id=span_id,
+                phase_path=scope.path_text if scope else None,
+                scope_id=scope.scope_id if scope else None,
+                session_id=self.tracker.session_id, phases=phase_stack(scope),
+                cuda_snapshot=observed.snapshot if observed is not None else None,
+                observer_figures=None if observed is None else {
+                    "device": observed.device, "requested_bytes": observed.requested_bytes,
+                    "device_allocated_bytes": observed.device_allocated_bytes,
+                    "device_free_bytes": observed.device_free_bytes,
+                },
+            ))
+            attributes = oom_event_attributes(classification, result)
+            for target in (span, extra_span):
+                if target is None:
+                    continue
+                target.add_event(names.OOM_EVENT, attributes)
+                if result.path is not None:
+                    target.set_attribute(names.OOM_DUMP_PATH, result.path)
+            self.tracker.oom_counter.add(1, {
+                names.OOM_KIND: classification.kind or "unknown",
+                names.PHASE_PATH: scope.path_text if scope else "",
+            })
+            if self.breadcrumbs is not None:
+                self.breadcrumbs.flush(force=True)
+            return result
+        except Exception as failure:
+            self.tracker.ledger.add(CALLBACK_ERROR,
+                                    warning=f"handling an OOM failed: {type(failure).__name__}")
+            return DumpResult(None, f"{type(failure).__name__}: {failure}")
+
+    def _refine(self, c: OOMExceptionClassification
+                ) -> tuple[OOMExceptionClassification, ObservedOOM | None]:
+        """Prefer the allocator observer's exact integers over figures parsed from text."""
+        observed = self.observer.fresh() if c.kind == "device_oom" else None
+        if observed is None:
+            return c, None
+        total = c.device_total_bytes
+        return OOMExceptionClassification(
+            is_oom=True, reason=c.reason, kind=c.kind, matched_type=c.matched_type,
+            requested_bytes=observed.requested_bytes, device=f"cuda:{observed.device}",
+            device_total_bytes=total, device_free_bytes=observed.device_free_bytes,
+        ), observed
+
+    # -- uncaught exceptions -----------------------------------------------------------------
+    def install_excepthooks(self) -> None:
+        self._previous_excepthook = sys.excepthook
+        self._previous_threading_hook = threading.excepthook
+        sys.excepthook = self._excepthook
+        threading.excepthook = self._threading_excepthook
+
+    def _excepthook(self, exc_type: type[BaseException], exc: BaseException,
+                    tb: TracebackType | None) -> None:
+        self.capture(exc, "uncaught exception", None)
+        previous = self._previous_excepthook or sys.__excepthook__
+        previous(exc_type, exc, tb)
+
+    def _threading_excepthook(self, args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            thread = args.thread.name if args.thread is not None else "?"
+            self.capture(args.exc_value, f"uncaught exception in thread {thread}", None)
+        previous = self._previous_threading_hook or threading.__excepthook__
+        previous(args)
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if sys.excepthook == self._excepthook:
+            sys.excepthook = self._previous_excepthook or sys.__excepthook__
+        if threading.excepthook == self._threading_excepthook:
+            threading.excepthook = self._previous_threading_hook or threading.__excepthook__
+        self.observer.remove_listener(self.on_observed)
+        self.tracker.sampler.remove_listener(self.on_sample)
+        if self in self.tracker.listeners:
+            self.tracker.listeners.remove(self)
+        if self.breadcrumbs is not None:
+            self.breadcrumbs.remove()
+
+    def memory_snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for source in self.tracker.sources:
+            try:
+                out[source.name] = source.snapshot()
+            except Exception as error:
+                out[source.name] = {"error": f"{type(error).__name__}: {error}"}
+        out["latest_samples"] = [
+            {"metric": metric, "attributes": dict(attrs), "value": value}
+            for metric, attrs, value in sorted(self.tracker.sampler.state.items())
+        ]
+        return out
+
+
+def enclosing_non_phase_span(scope: OpenScope) -> trace.Span | None:
+    """The nearest still-open span around ``scope`` that is not a phase span, if any."""
+    node: OpenScope | None = scope
+    while node is not None:
+        outer = node.outer_span
+        parent_span = node.parent.span if node.parent is not None else None
+        if outer is not None and outer is not parent_span and outer.is_recording():
+            return outer
+        node = node.parent
+    return None
+
+
+def oom_event_attributes(c: OOMExceptionClassification, result: DumpResult) -> dict[str, Any]:
+    attributes: dict[str, Any] = {names.OOM_KIND: c.kind or "unknown",
+                                  names.OOM_REASON: c.reason or "unknown"}
+    if c.requested_bytes is not None:
+        attributes[names.OOM_REQUESTED_BYTES] = c.requested_bytes
+    if c.device is not None:
+        attributes[names.OOM_DEVICE] = c.device
+    if c.device_free_bytes is not None:
+        attributes[names.OOM_DEVICE_FREE_BYTES] = c.device_free_bytes
+    if c.device_total_bytes is not None:
+        attributes[names.OOM_DEVICE_TOTAL_BYTES] = c.device_total_bytes
+    if result.path is not None:
+        attributes[names.OOM_DUMP_PATH] = result.path
+        attributes[names.FILE_PATH] = result.path
+    else:
+        attributes[names.OOM_DUMP_ERROR] = result.error or "unknown error"
+    return attributes
+
+
+def _backend(c: OOMExceptionClassification) -> str:
+    if c.kind == "host_oom":
+        return "cpu"
+    if c.device:
+        return c.device.split(":", 1)[0]
+    return "cuda" if c.kind == "device_oom" else "unknown"
+
+
+def _safe_rank_identity(rank: int) -> dict[str, int]:
+    try:
+        identity = rank_identity()
+    except ValueError:
+        identity = {}
+    identity.setdefault(names.RANK, rank)
+    return identity
+
+
+@contextmanager
+def capture_oom_block(service: FlightRecorderService | None, context: str | None,
+                      metadata: Mapping[str, Any] | None) -> Iterator[None]:
+    try:
+        yield
+    except BaseException as error:
+        if service is not None:
+            service.capture(error, context, metadata)
+        raise
