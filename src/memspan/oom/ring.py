@@ -25,18 +25,36 @@ _STRING_CUT = 1024
 
 
 def estimate_size(value: Any, depth: int = 0) -> int:
-    """A cheap upper-ish estimate of the JSON size of ``value`` (no encoding)."""
+    """A cheap estimate of the JSON size of ``value`` (no encoding).
+
+    Flat dicts of scalars, the common event shape, take the fast path (exact type checks,
+    no recursion); nested containers recurse up to a fixed depth.
+    """
+    kind = type(value)
+    if kind is str:
+        return len(value) + 2
+    if kind is dict:
+        if depth > 4:
+            return 64
+        size = 2
+        for key, item in value.items():
+            item_kind = type(item)
+            if item_kind is str:
+                size += len(key) + len(item) + 6
+            elif item_kind is int or item_kind is float or item_kind is bool or item is None:
+                size += len(key) + 24
+            else:
+                size += len(str(key)) + 4 + estimate_size(item, depth + 1)
+        return size
     if isinstance(value, str):
         return len(value) + 2
     if isinstance(value, Mapping):
-        if depth > 4:
-            return 64
-        return 2 + sum(len(str(k)) + 4 + estimate_size(v, depth + 1) for k, v in value.items())
+        return estimate_size(dict(value), depth)
     if isinstance(value, (list, tuple)):
         if depth > 4:
             return 64
         return 2 + sum(estimate_size(v, depth + 1) + 1 for v in value)
-    return 16
+    return 24
 
 
 def _truncate(value: Any, depth: int = 0) -> Any:
@@ -87,28 +105,34 @@ class EventRing:
         payload = dict(event)
         size = estimate_size(payload)
         if size > self.max_event_bytes:
-            payload = _truncate(payload)
-            payload["_truncated"] = True
-            size = estimate_size(payload)
-            self.ledger.add(EVENT_TRUNCATED)
-            if size > self.max_event_bytes:
-                payload = {"type": str(event.get("type", "user")), "_truncated": True}
-                size = estimate_size(payload)
+            payload, size = self._shrink(event)
         budget = self._samples if payload.get("type") == "sample" else self._rare
-        evicted = 0
+        entry_time = time.time()
         with self._lock:
             self._sequence += 1
-            budget.events.append((self._sequence, time.time(), payload, size))
+            events = budget.events
+            events.append((self._sequence, entry_time, payload, size))
             budget.bytes += size
-            while len(budget.events) > budget.max_events or (
-                budget.bytes > budget.max_bytes and len(budget.events) > 1
+            if len(events) <= budget.max_events and budget.bytes <= budget.max_bytes:
+                return
+            evicted = 0
+            while len(events) > budget.max_events or (
+                budget.bytes > budget.max_bytes and len(events) > 1
             ):
-                _, _, _, old_size = budget.events.popleft()
-                budget.bytes -= old_size
+                budget.bytes -= events.popleft()[3]
                 evicted += 1
             self.dropped += evicted
-        if evicted:
-            self.ledger.add(RING_OVERFLOW, evicted)
+        self.ledger.add(RING_OVERFLOW, evicted)
+
+    def _shrink(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+        payload = _truncate(event)
+        payload["_truncated"] = True
+        size = estimate_size(payload)
+        self.ledger.add(EVENT_TRUNCATED)
+        if size > self.max_event_bytes:
+            payload = {"type": str(event.get("type", "user")), "_truncated": True}
+            size = estimate_size(payload)
+        return payload, size
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every buffered event, oldest first, with ``seq`` and ``ts`` (epoch seconds)."""
