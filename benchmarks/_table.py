@@ -39,7 +39,7 @@ def interleaved_median(functions: dict[str, Callable[[int], None]], calls: int,
                        rounds: int = 7) -> dict[str, float]:
     """Median µs per call of each function, measured in alternating rounds."""
     samples: dict[str, list[float]] = {name: [] for name in functions}
-    for name, function in functions.items():  # warm-up
+    for function in functions.values():  # warm-up
         function(max(1, calls // 10))
     for _ in range(rounds):
         for name, function in functions.items():

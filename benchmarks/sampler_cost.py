@@ -10,8 +10,8 @@ import sys
 import time
 
 from _table import Row, report
-from fakes import FakeCudaApi
 
+from fakes import FakeCudaApi
 from memspan.sampling import Sampler
 from memspan.sources import CgroupMemorySource, HostMemorySource, TorchAllocatorSource
 
