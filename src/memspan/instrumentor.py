@@ -2,8 +2,13 @@
 
 ``instrument()`` runs from sitecustomize before the user's script imports anything: it must
 not import torch or initialise CUDA. It creates the default tracker on the providers the
-auto-instrumentation configured (or the ones passed in), and ``uninstrument()`` stops the
-sampler and silences the observable callbacks (the SDK cannot unregister them).
+auto-instrumentation configured (or the ones passed in), installs the torch auto phases
+(lazily, when torch is imported) unless ``MEMSPAN_AUTO_PHASES=false``, and chains the
+exception hooks. ``uninstrument()`` stops the sampler, removes every torch patch, restores
+the hooks and silences the observable callbacks (the SDK cannot unregister them).
+
+A configuration error is logged once and memspan stays off: it never crashes the program it
+instruments.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from memspan.auto_phases import TorchAutoPhases
 from memspan.config import ConfigError, MemspanConfig
+from memspan.drops import PROCESS_LEDGER
 from memspan.package import _instruments
-from memspan.tracker import Tracker, default_tracker_if_any, set_default_tracker
+from memspan.tracker import Tracker, default_tracker_if_any, get_tracker, set_default_tracker
 
 _logger = logging.getLogger(__name__)
 
@@ -25,6 +32,7 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Loads memspan from ``opentelemetry-instrument`` or ``MemspanInstrumentor().instrument()``."""
 
     _tracker: Tracker | None = None
+    _auto_phases: TorchAutoPhases | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
@@ -39,14 +47,23 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
             config=config,
+            ledger=PROCESS_LEDGER,
             install_excepthooks=True,
         )
         previous = set_default_tracker(tracker)
         if previous is not None:
             previous.shutdown()
         MemspanInstrumentor._tracker = tracker
+        if config.auto_phases:
+            auto = TorchAutoPhases(get_tracker)
+            auto.install()
+            MemspanInstrumentor._auto_phases = auto
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        auto = MemspanInstrumentor._auto_phases
+        MemspanInstrumentor._auto_phases = None
+        if auto is not None:
+            auto.uninstall()
         tracker = MemspanInstrumentor._tracker
         MemspanInstrumentor._tracker = None
         if tracker is None:
