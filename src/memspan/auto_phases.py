@@ -158,7 +158,7 @@ class TorchAutoPhases:
         # functools.wraps copies __dict__, so torch's own "hooked" marker survives and torch
         # does not wrap the step a second time.
         self._patches.append((cls, "step", step))
-        cls.step = self._simple(step, OPTIMIZER_STEP)
+        setattr(cls, "step", self._simple(step, OPTIMIZER_STEP))  # noqa: B010
 
 
 def _all_subclasses(cls: type) -> list[type]:

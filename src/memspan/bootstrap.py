@@ -116,18 +116,34 @@ def _install(
     meter_provider: metrics.MeterProvider | None,
 ) -> Installation:
     if tracer_provider is not None or meter_provider is not None:
-        tracker = Tracker(tracer_provider=tracer_provider, meter_provider=meter_provider, config=cfg,
-                          install_excepthooks=True)
+        tracker = Tracker(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                          config=cfg, install_excepthooks=True)
         return Installation(tracker, "explicit")
+    providers = install_providers(cfg, service_name)
+    tracker = Tracker(config=cfg, ledger=providers.ledger, install_excepthooks=True)
+    return Installation(tracker, providers.mode, providers.embedded, providers.owned)
+
+
+@dataclass
+class Providers:
+    """The global providers memspan found or installed (``owned`` are the ones it built)."""
+
+    mode: str
+    ledger: DropLedger
+    embedded: EmbeddedOutput | None = None
+    owned: list[Any] = field(default_factory=list)
+
+
+def install_providers(cfg: MemspanConfig, service_name: str | None) -> Providers:
+    """Steps 2-4 of the module docstring: reuse globals, follow ``OTEL_*``, or embed."""
+    ledger = DropLedger()
     if global_providers_set():
-        return Installation(Tracker(config=cfg, install_excepthooks=True), "global")
+        return Providers("global", ledger)
     resource = build_resource(service_name, cfg.job_id)
     if user_configured_exporters():
         tracer, meter = providers_from_environment(resource)
         _set_globals(tracer, meter)
-        return Installation(Tracker(config=cfg, install_excepthooks=True), "environment",
-                            owned_providers=[tracer, meter])
-    ledger = DropLedger()
+        return Providers("environment", ledger, owned=[tracer, meter])
     embedded = build_embedded_output(
         cfg.output_dir,
         resource=resource,
@@ -136,11 +152,8 @@ def _install(
         ledger=ledger,
     )
     _set_globals(embedded.tracer_provider, embedded.meter_provider)
-    tracker = Tracker(config=cfg, ledger=ledger, install_excepthooks=True)
-    return Installation(
-        tracker, "embedded", embedded,
-        owned_providers=[embedded.tracer_provider, embedded.meter_provider],
-    )
+    return Providers("embedded", ledger, embedded,
+                     [embedded.tracer_provider, embedded.meter_provider])
 
 
 def _set_globals(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> None:
@@ -204,7 +217,14 @@ def shutdown(timeout_s: float = 5.0) -> bool:
     for provider in owned:
         finished = _within(_left(deadline), provider.force_flush) and finished
     finished = tracker.shutdown(_left(deadline)) and finished
-    for provider in owned:
+    return shutdown_providers(owned, _left(deadline)) and finished
+
+
+def shutdown_providers(providers: list[Any], timeout_s: float) -> bool:
+    """Flush and shut down providers, giving up waiting at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    finished = True
+    for provider in providers:
         finished = _within(_left(deadline), provider.shutdown) and finished
     return finished
 

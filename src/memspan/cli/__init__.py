@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from memspan.cli import run
 from memspan.version import __version__
 
 
@@ -14,14 +15,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="memspan", description="ML memory telemetry on OpenTelemetry."
     )
     parser.add_argument("--version", action="version", version=f"memspan {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command_name", metavar="COMMAND")
+    run.add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    handler = getattr(args, "handler", None)
+    if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0  # pragma: no cover - every sub-command returns from its own handler
+    result: int = handler(args)
+    return result

@@ -1,0 +1,7 @@
+"""``python -m memspan`` is the ``memspan`` command."""
+
+import sys
+
+from memspan.cli import main
+
+sys.exit(main())
