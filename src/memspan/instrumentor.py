@@ -2,7 +2,8 @@
 
 ``instrument()`` runs from sitecustomize before the user's script imports anything: it must
 not import torch or initialise CUDA. It creates the default tracker on the providers the
-auto-instrumentation configured (or the ones passed in), installs the torch auto phases
+auto-instrumentation configured (or the ones passed in; with no distro installed, nobody
+configured any, and it sets them up as ``memspan.configure()`` would), installs the torch auto phases
 (lazily, when torch is imported) unless ``MEMSPAN_AUTO_PHASES=false``, and chains the
 exception hooks. ``uninstrument()`` stops the sampler, removes every torch patch, restores
 the hooks and silences the observable callbacks (the SDK cannot unregister them).
@@ -20,6 +21,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from memspan.auto_phases import TorchAutoPhases
+from memspan.bootstrap import global_providers_set, install_providers, shutdown_providers
 from memspan.config import ConfigError, MemspanConfig
 from memspan.drops import PROCESS_LEDGER
 from memspan.package import _instruments
@@ -33,6 +35,7 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     _tracker: Tracker | None = None
     _auto_phases: TorchAutoPhases | None = None
+    _owned_providers: list[Any] = []
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
@@ -43,9 +46,14 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         except ConfigError as error:
             _logger.error("memspan: disabled because of a configuration error: %s", error)
             return
+        tracer_provider = kwargs.get("tracer_provider")
+        meter_provider = kwargs.get("meter_provider")
+        if tracer_provider is None and meter_provider is None and not global_providers_set():
+            # No distro/configurator set the SDK up: do what configure() does.
+            MemspanInstrumentor._owned_providers = install_providers(config, None).owned
         tracker = Tracker(
-            tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
             config=config,
             ledger=PROCESS_LEDGER,
             install_excepthooks=True,
@@ -71,3 +79,5 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         tracker.shutdown()
         if default_tracker_if_any() is tracker:
             set_default_tracker(None)
+        owned, MemspanInstrumentor._owned_providers = MemspanInstrumentor._owned_providers, []
+        shutdown_providers(owned, 5.0)

@@ -1,0 +1,102 @@
+"""opentelemetry-instrument loads memspan: auto phases and metrics over real OTLP/HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from memspan import names
+
+from .otlp_receiver import attributes_of, otlp_http_receiver
+
+TRAINING = textwrap.dedent("""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = DataLoader(TensorDataset(torch.randn(32, 16), torch.randint(0, 4, (32,))), batch_size=8)
+    for inputs, labels in data:
+        loss = nn.functional.cross_entropy(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    print("trained")
+""")
+
+
+def instrument_env(endpoint: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    env.update({
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_SERVICE_NAME": "auto-test",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "MEMSPAN_SAMPLE_INTERVAL": "0.05",
+    })
+    env.update(extra)
+    return env
+
+
+def run_instrumented(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
+    return subprocess.run([str(instrument), sys.executable, str(script)], env=env, text=True,
+                          capture_output=True, timeout=180, check=False)
+
+
+def test_auto_phases_and_metrics_reach_a_real_otlp_receiver(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAINING)
+    with otlp_http_receiver() as (endpoint, received):
+        result = run_instrumented(script, instrument_env(endpoint))
+        assert result.returncode == 0, result.stderr
+        assert "trained" in result.stdout
+        spans = [span for _, span in received.spans()]
+        metric_names = received.metric_names()
+    by_name: dict[str, list[object]] = {}
+    for span in spans:
+        by_name.setdefault(span.name, []).append(span)
+    assert len(by_name["forward"]) == 4  # the outermost module call only, once per batch
+    assert len(by_name["backward"]) == 4
+    assert len(by_name["optimizer.step"]) == 4
+    assert len(by_name["dataloader.next"]) >= 4
+    forward = by_name["forward"][0]
+    attrs = attributes_of(forward.attributes)  # type: ignore[attr-defined]
+    assert attrs[names.PHASE_PATH] == "forward"
+    assert attrs["module"] == "Sequential"
+    assert names.RSS_PEAK in attrs and names.RETAINED in attrs
+    assert {names.PROCESS_MEMORY_USAGE, names.PHASE_DURATION, names.PHASE_MEMORY_PEAK} <= metric_names
+
+
+def test_disabled_instrumentation_emits_nothing_from_memspan(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAINING)
+    with otlp_http_receiver() as (endpoint, received):
+        env = instrument_env(endpoint, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="memspan")
+        result = run_instrumented(script, env)
+        assert result.returncode == 0, result.stderr
+        spans = received.spans()
+        metric_names = received.metric_names()
+    assert not [s for _, s in spans if s.name in {"forward", "backward", "optimizer.step"}]
+    assert not {n for n in metric_names if n.startswith("memspan.") or n == "process.memory.usage"}
+
+
+def test_bad_configuration_disables_memspan_but_the_program_runs(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAINING)
+    with otlp_http_receiver() as (endpoint, received):
+        env = instrument_env(endpoint, MEMSPAN_SAMPLE_INTERVAL="often")
+        result = run_instrumented(script, env)
+        spans = received.spans()
+    assert result.returncode == 0
+    assert "trained" in result.stdout
+    assert "MEMSPAN_SAMPLE_INTERVAL='often' is not a number" in result.stderr
+    assert not [s for _, s in spans if s.name == "forward"]

@@ -1,0 +1,98 @@
+"""Torch auto phases: outermost forward/backward only, optimizer steps, DataLoader, removal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import Telemetry
+from memspan import names
+from memspan.auto_phases import TorchAutoPhases
+
+
+def train_once(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader) -> None:
+    for inputs, labels in loader:
+        loss = nn.functional.cross_entropy(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def test_auto_phases_wrap_a_training_loop_and_come_off_cleanly(telemetry: Telemetry) -> None:
+    original_call = nn.Module.__call__
+    original_backward = torch.Tensor.backward
+    original_sgd_step = torch.optim.SGD.step
+    auto = TorchAutoPhases(lambda: telemetry.tracker)
+    auto.install()
+    try:
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = DataLoader(TensorDataset(torch.randn(12, 8), torch.randint(0, 3, (12,))),
+                            batch_size=4)
+        with telemetry.tracker.phase("epoch"):
+            train_once(model, optimizer, loader)
+    finally:
+        auto.uninstall()
+    spans = telemetry.finished()
+    counts: dict[str, int] = {}
+    for span in spans:
+        counts[span.name] = counts.get(span.name, 0) + 1
+    assert counts["forward"] == 3  # Sequential only, not its three submodules
+    assert counts["backward"] == 3  # Tensor.backward, not again for autograd.backward inside it
+    assert counts["optimizer.step"] == 3
+    assert counts["dataloader.next"] == 4  # three batches and the StopIteration
+    forward = next(s for s in spans if s.name == "forward")
+    assert (forward.attributes or {})[names.PHASE_PATH] == "epoch / forward"
+    assert (forward.attributes or {})["module"] == "Sequential"
+    assert all(s.status.is_ok for s in spans if s.name == "dataloader.next")
+    assert nn.Module.__call__ is original_call
+    assert torch.Tensor.backward is original_backward
+    assert torch.optim.SGD.step is original_sgd_step
+    before = len(telemetry.finished())
+    model(torch.randn(2, 8)).sum().backward()
+    assert len(telemetry.finished()) == before  # nothing is traced once uninstalled
+
+
+def test_an_error_in_forward_propagates_through_the_phase(telemetry: Telemetry) -> None:
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB.")
+
+    auto = TorchAutoPhases(lambda: telemetry.tracker)
+    auto.install()
+    try:
+        error = None
+        try:
+            Broken()(torch.randn(1))
+        except torch.OutOfMemoryError as caught:
+            error = caught
+    finally:
+        auto.uninstall()
+    assert error is not None
+    forward = telemetry.span("forward")
+    assert not forward.status.is_ok
+    assert "memspan.oom" in [e.name for e in forward.events]
+
+
+def test_hooks_install_lazily_when_torch_is_imported_later() -> None:
+    script = textwrap.dedent("""
+        import sys
+        from memspan.auto_phases import TorchAutoPhases
+        from memspan.tracker import get_tracker
+        assert "torch" not in sys.modules
+        auto = TorchAutoPhases(get_tracker)
+        auto.install()
+        assert "torch" not in sys.modules  # installing never imports torch
+        import torch
+        print("patched", getattr(torch.nn.Module.__call__, "__memspan_auto_phase__", False),
+              torch.cuda.is_initialized())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "patched True False" in result.stdout

@@ -1,0 +1,163 @@
+"""memspan run: exit classification, memory sizes, and a real SIGKILLed child."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from memspan.launcher import classify_process_exit, parse_memory_size
+from memspan.oom.retention import list_bundles
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("8g", 8 * GIB), ("8G", 8 * GIB), ("8gb", 8 * GIB), ("8GiB", 8 * GIB), ("8Gi", 8 * GIB),
+    ("512Mi", 512 * MIB), ("4096m", 4096 * MIB), ("1.5Gi", int(1.5 * GIB)), ("1.5G", int(1.5 * GIB)),
+    ("1048576", 1048576), ("0", 0), ("2T", 2 << 40), ("64k", 64 << 10), (" 16 Mi ", 16 * MIB),
+])
+def test_parse_memory_size(text: str, expected: int) -> None:
+    assert parse_memory_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["g", "", "  ", "-1G", "-5", "eight", "8x", "1.5", "8 GB GB", "Gi8"])
+def test_parse_memory_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match=r"invalid memory size"):
+        parse_memory_size(text)
+
+
+def test_classify_sigkill_confirmed_by_cgroup() -> None:
+    c = classify_process_exit(-9, oom_kills_before=0, oom_kills_after=1,
+                              peak_bytes=8100 * MIB, limit_bytes=8192 * MIB)
+    assert (c.is_oom, c.kind, c.confidence, c.reason) == (True, "oom_killed", "confirmed",
+                                                         "cgroup:oom_kill")
+    assert c.suggested_limit_bytes == 12288 * MIB
+    assert c.suggestion is not None and "raise the limit to 12288 MiB" in c.suggestion
+
+
+@pytest.mark.parametrize("code", [-9, 137])
+def test_classify_sigkill_without_cgroup_evidence_is_likely(code: int) -> None:
+    c = classify_process_exit(code, oom_kills_before=3, oom_kills_after=3)
+    assert (c.is_oom, c.confidence, c.reason) == (True, "likely", f"exit_code:{code}")
+
+
+def test_classify_unknown_peak_with_a_limit_suggests_considering() -> None:
+    c = classify_process_exit(137, limit_bytes=8192 * MIB)
+    assert c.suggestion == "peak unknown; consider raising the 8192 MiB limit to 12288 MiB"
+
+
+def test_classify_peak_far_below_the_limit_suggests_nothing() -> None:
+    c = classify_process_exit(-9, peak_bytes=1000 * MIB, limit_bytes=8192 * MIB)
+    assert c.suggestion is None and c.suggested_limit_bytes is None
+
+
+@pytest.mark.parametrize(("code", "tail"), [
+    (1, "Zoom level out of range"), (1, "the bedroom is full"), (139, "Segmentation fault"),
+    (0, "Killed"), (2, "skilled worker"),
+])
+def test_classify_not_oom(code: int, tail: str) -> None:
+    c = classify_process_exit(code, output_tail=tail)
+    assert not c.is_oom and c.kind is None
+
+
+@pytest.mark.parametrize(("tail", "marker"), [
+    ("RuntimeError: CUDA out of memory.", "out of memory"), ("Killed", "Killed"),
+    ("worker exited on signal 9", "signal 9"), ("kernel: oom-kill:constraint", "oom-kill"),
+])
+def test_classify_word_markers_on_a_failed_exit(tail: str, marker: str) -> None:
+    c = classify_process_exit(1, output_tail=tail)
+    assert (c.is_oom, c.confidence, c.reason) == (True, "possible", f"text_marker:{marker}")
+
+
+def test_classify_rejects_negative_figures() -> None:
+    with pytest.raises(ValueError, match="peak_bytes must be >= 0"):
+        classify_process_exit(1, peak_bytes=-1)
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys, time, memspan
+    with memspan.phase("train"):
+        with memspan.phase("step"):
+            time.sleep(0.6)
+            print("about to die", flush=True)
+            events = sys.argv[1] if len(sys.argv) > 1 else ""
+            if events:
+                with open(events, "w") as handle:  # the kernel's OOM killer, played by us
+                    handle.write("oom 1\\noom_kill 1\\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def fake_cgroup(root: Path) -> Path:
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text("0::/job\n")
+    cgroup = root / "sys/fs/cgroup"
+    (cgroup / "job").mkdir(parents=True)
+    (cgroup / "cgroup.controllers").write_text("memory\n")
+    (cgroup / "job/memory.current").write_text(str(7 * GIB) + "\n")
+    (cgroup / "job/memory.max").write_text(str(8 * GIB) + "\n")
+    (cgroup / "job/memory.events").write_text("oom 0\noom_kill 0\n")
+    return cgroup / "job/memory.events"
+
+
+def memspan_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    return subprocess.run([sys.executable, "-m", "memspan", "run", *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+def run_spans(tmp_path: Path) -> list[dict[str, object]]:
+    spans = []
+    for line in (tmp_path / "memspan-out/traces.jsonl").read_text().splitlines():
+        for rs in json.loads(line)["resourceSpans"]:
+            for ss in rs["scopeSpans"]:
+                spans.extend(ss["spans"])
+    return [s for s in spans if s["name"] == "memspan.run"]
+
+
+@pytest.mark.parametrize("confirmed", [True, False], ids=["cgroup-rose", "no-cgroup-evidence"])
+def test_run_sigkilled_child(tmp_path: Path, confirmed: bool) -> None:
+    (tmp_path / "child.py").write_text(CHILD)
+    events = fake_cgroup(tmp_path / "cg")
+    args = ["--cgroup-proc-root", str(tmp_path / "cg/proc"),
+            "--cgroup-sys-root", str(tmp_path / "cg/sys"), "--",
+            sys.executable, "child.py"] + ([str(events)] if confirmed else [])
+    result = memspan_run(tmp_path, *args)
+    assert result.returncode == 137, result.stderr
+    assert "about to die" in result.stdout  # the child's output streams through
+    (bundle,) = list_bundles(str(tmp_path / "oom_dumps"))
+    manifest = json.loads(Path(bundle.path, "manifest.json").read_text())
+    assert manifest["kind"] == "oom_killed" and manifest["source"] == "breadcrumb"
+    assert manifest["phase_path"] == "train / step"
+    assert not list((tmp_path / "oom_dumps/.breadcrumbs").iterdir())
+    (span,) = run_spans(tmp_path)
+    (event,) = span["events"]  # type: ignore[index]
+    attrs = {a["key"]: next(iter(a["value"].values())) for a in event["attributes"]}
+    assert event["name"] == "memspan.oom"
+    assert attrs["memspan.oom.kind"] == "oom_killed"
+    assert attrs["memspan.oom.confidence"] == ("confirmed" if confirmed else "likely")
+    assert attrs["memspan.oom.dump.path"] == bundle.path
+    span_attrs = {a["key"]: next(iter(a["value"].values())) for a in span["attributes"]}  # type: ignore[index]
+    assert span_attrs["process.exit.code"] == "-9"
+    assert "OOM kill" in result.stderr or "Out-of-memory kill" in result.stderr
+    if confirmed:
+        assert "(cgroup:oom_kill)" in result.stderr
+
+
+def test_run_passes_the_exit_status_through(tmp_path: Path) -> None:
+    result = memspan_run(tmp_path, "--", sys.executable, "-c", "import sys; sys.exit(3)")
+    assert result.returncode == 3
+    assert "exited with status 3" in result.stderr
+
+
+def test_run_rejects_a_bad_memory_limit(tmp_path: Path) -> None:
+    result = memspan_run(tmp_path, "--memory-limit", "g", "--", sys.executable, "-c", "pass")
+    assert result.returncode == 2
+    assert "invalid memory size 'g'" in result.stderr
