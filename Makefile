@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint typecheck unit bench clean venv
+.PHONY: demo test lint typecheck unit bench clean venv test-deps
 
 venv: $(STAMP)
 
@@ -29,7 +29,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict src/memspan
 
-unit: $(STAMP)
+# chromium and prometheus, from Debian's packages, for the browser and scrape tests
+test-deps:
+	./scripts/install-test-deps.sh
+
+unit: $(STAMP) test-deps
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck unit

@@ -20,6 +20,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from memspan.analysis.thresholds import LeakThresholds
 from memspan.auto_phases import TorchAutoPhases
 from memspan.bootstrap import global_providers_set, install_providers, shutdown_providers
 from memspan.config import ConfigError, MemspanConfig
@@ -43,6 +44,7 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         try:
             config = kwargs.get("config") or MemspanConfig.from_env()
+            thresholds = LeakThresholds.from_env()
         except ConfigError as error:
             _logger.error("memspan: disabled because of a configuration error: %s", error)
             return
@@ -57,6 +59,7 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             config=config,
             ledger=PROCESS_LEDGER,
             install_excepthooks=True,
+            leak_thresholds=thresholds,
         )
         previous = set_default_tracker(tracker)
         if previous is not None:

@@ -34,6 +34,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from memspan import names
+from memspan.analysis.leak_watch import LeakWatcher
+from memspan.analysis.thresholds import LeakThresholds
 from memspan.attributes import clean_attributes
 from memspan.boundary import BoundaryReader, EntryFigures, ExitFigures
 from memspan.config import MemspanConfig
@@ -114,6 +116,7 @@ class Tracker:
         start_sampler: bool = True,
         ledger: DropLedger | None = None,
         install_excepthooks: bool = False,
+        leak_thresholds: LeakThresholds | None = None,
     ) -> None:
         self.config = config if config is not None else MemspanConfig()
         self.session_id = session_id or str(uuid.uuid4())
@@ -157,6 +160,10 @@ class Tracker:
         self.oom_handler: OOMHandler | None = None
         self._closed = False
         self.flight_recorder = FlightRecorderService(self)
+        self.leak_watch = LeakWatcher(
+            self, leak_thresholds if leak_thresholds is not None else LeakThresholds.from_env()
+        )
+        self.listeners.append(self.leak_watch)
         if install_excepthooks:
             self.flight_recorder.install_excepthooks()
         if start_sampler:

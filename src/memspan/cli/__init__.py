@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from memspan.cli import run
+from memspan.cli import dumps, report, run
 from memspan.version import __version__
 
 
@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"memspan {__version__}")
     subparsers = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     run.add_parser(subparsers)
+    report.add_parser(subparsers)
+    dumps.add_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,19 @@
+"""Scenario B, the lean pipeline: only the needed fields are kept, and cleared after use.
+
+Expected verdict: ``leak-free``.
+"""
+
+from __future__ import annotations
+
+from scenario_common import fetch_records, run_scenario
+
+WORKING: list[str] = []
+
+
+def task(run: int) -> None:
+    WORKING.extend(record["id"] for record in fetch_records(5000, run))  # surgical filtering
+    WORKING.clear()
+
+
+if __name__ == "__main__":
+    run_scenario("clean_execution", task)

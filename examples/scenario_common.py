@@ -1,0 +1,36 @@
+"""Shared by the audit scenarios: a fake "Oracle" fetch, and running a task under memspan.
+
+Each scenario runs one task several times as the phase ``sync_task``, then writes the HTML
+audit report (``memspan report`` does the same from the command line) and prints the verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import memspan
+from memspan.report import build_report
+
+
+def fetch_records(count: int, run: int) -> list[dict[str, str]]:
+    """``count`` records of about 1 KiB each, unique per run (like rows from a database)."""
+    return [{"id": f"{run}-{i}", "payload": f"{run}:{i}:" + "x" * 1000, "owner": "ops"}
+            for i in range(count)]
+
+
+def run_scenario(name: str, task: Callable[[int], None], runs: int = 8) -> str:
+    output = os.environ.get("MEMSPAN_OUTPUT_DIR", f"memspan-out-{name}")
+    memspan.configure(service_name=name, output_dir=output, export_interval_s=60)
+    for run in range(runs):
+        with memspan.phase("sync_task", run=run):
+            task(run)
+    memspan.shutdown()
+    result = build_report(output, suffix=name)
+    verdict = result.verdicts["sync_task"]
+    print(f"{name}: sync_task verdict {verdict.verdict} ({verdict.badge}); "
+          f"slope {verdict.slope_bytes_per_run / 2**20:.2f} MiB/run over {verdict.runs} runs")
+    print(f"report: {result.html_path}")
+    sys.stdout.flush()
+    return verdict.verdict

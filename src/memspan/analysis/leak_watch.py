@@ -1,0 +1,68 @@
+"""Live leak detection: a ``memspan.leak.suspected`` event when a path starts leaking.
+
+Listens to phase exits. Per phase path it keeps a :class:`RunSeries` (constant memory) and,
+once the path has run ``min_runs`` times, applies the same verdict function as the report;
+the first time a path is ``leaking`` the event goes on that run's span, once per path.
+
+Bounded: at most ``max_paths`` paths are tracked; runs of further paths are counted as
+dropped (``leak_watch_paths``). Phase paths are bounded by code anyway (no step numbers in
+names), so the bound only bites on misuse.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from memspan import names
+from memspan.analysis.thresholds import LeakThresholds
+from memspan.analysis.verdicts import LEAKING, RunSeries, verdict_for
+
+if TYPE_CHECKING:
+    from memspan.tracker import LivePhase, Tracker
+
+LEAK_WATCH_PATHS = "leak_watch_paths"
+
+
+class LeakWatcher:
+    def __init__(self, tracker: Tracker, thresholds: LeakThresholds,
+                 max_paths: int = 1024) -> None:
+        self._tracker = tracker
+        self.thresholds = thresholds
+        self.max_paths = max_paths
+        self.series: dict[str, RunSeries] = {}
+        self.flagged: set[str] = set()
+
+    def phase_opened(self, phase: LivePhase) -> None:
+        """Nothing to do on entry."""
+
+    def phase_closed(self, phase: LivePhase, error: BaseException | None) -> None:
+        figures = phase.exit_figures
+        if figures is None:
+            return
+        entry = phase.entry
+        if entry.allocator is not None:
+            start: int | None = entry.allocator.allocated
+            end = figures.attributes.get(names.ALLOCATED_END)
+        else:
+            start = entry.rss
+            end = figures.attributes.get(names.RSS_END)
+        if start is None or end is None:
+            return
+        path = phase.scope.path_text
+        series = self.series.get(path)
+        if series is None:
+            if len(self.series) >= self.max_paths:
+                self._tracker.ledger.add(LEAK_WATCH_PATHS)
+                return
+            series = self.series[path] = RunSeries()
+        series.add(start, int(end))
+        if path in self.flagged or series.n < self.thresholds.min_runs:
+            return
+        verdict = verdict_for(series, self.thresholds)
+        if verdict.verdict == LEAKING:
+            self.flagged.add(path)
+            phase.span.add_event(names.LEAK_EVENT, {
+                names.LEAK_SLOPE: verdict.slope_bytes_per_run,
+                names.LEAK_RUNS: verdict.runs,
+                names.PHASE_PATH: path,
+            })

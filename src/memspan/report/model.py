@@ -1,0 +1,133 @@
+"""What a report knows, accumulated from a stream of spans, metric points and bundles.
+
+Invariant: memory is bounded whatever the input size. Per phase path: a few numbers and a
+:class:`RunSeries`; the timeline keeps the ``max_timeline`` longest phases of depth
+<= ``timeline_depth``; each memory curve is downsampled (keeping the maximum of merged
+points, so peaks survive); OOM markers are capped. Paths beyond ``max_paths`` are counted,
+not stored.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+from memspan.analysis.verdicts import RunSeries
+
+
+@dataclass
+class PathStats:
+    path: str
+    depth: int
+    device: str = "host"
+    runs: int = 0
+    total_s: float = 0.0
+    max_s: float = 0.0
+    peak: int | None = None
+    series: RunSeries = field(default_factory=RunSeries)
+
+    def add(self, duration_s: float, peak: int | None, start: int | None, end: int | None) -> None:
+        self.runs += 1
+        self.total_s += duration_s
+        self.max_s = max(self.max_s, duration_s)
+        if peak is not None and (self.peak is None or peak > self.peak):
+            self.peak = peak
+        if start is not None and end is not None:
+            self.series.add(start, end)
+
+
+@dataclass(order=True)
+class TimelineSpan:
+    duration_ns: int
+    start_ns: int = field(compare=False)
+    end_ns: int = field(compare=False)
+    name: str = field(compare=False)
+    path: str = field(compare=False)
+    depth: int = field(compare=False)
+    error: bool = field(compare=False)
+
+
+class Curve:
+    """A peak-preserving downsampled (time, value) series."""
+
+    def __init__(self, max_points: int = 1500) -> None:
+        self.points: list[tuple[int, float]] = []
+        self.max_points = max_points
+
+    def add(self, time_ns: int, value: float) -> None:
+        self.points.append((time_ns, value))
+        if len(self.points) >= 2 * self.max_points:
+            self.points.sort()
+            merged = []
+            for i in range(0, len(self.points) - 1, 2):
+                a, b = self.points[i], self.points[i + 1]
+                merged.append(a if a[1] >= b[1] else b)
+            if len(self.points) % 2:
+                merged.append(self.points[-1])
+            self.points = merged
+
+    def sorted_points(self) -> list[tuple[int, float]]:
+        return sorted(self.points)
+
+
+@dataclass
+class OOMMarker:
+    time_ns: int
+    kind: str
+    path: str
+    dump_path: str | None
+    reason: str
+
+
+@dataclass
+class ReportModel:
+    max_paths: int = 2000
+    max_timeline: int = 1500
+    timeline_depth: int = 3
+    max_ooms: int = 200
+    paths: dict[str, PathStats] = field(default_factory=dict)
+    timeline: list[TimelineSpan] = field(default_factory=list)
+    curves: dict[str, Curve] = field(default_factory=dict)
+    ooms: list[OOMMarker] = field(default_factory=list)
+    bundles: list[dict[str, Any]] = field(default_factory=list)
+    environment: str | None = None
+    service: str | None = None
+    spans_read: int = 0
+    paths_dropped: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+
+    def see_time(self, *times: int) -> None:
+        for t in times:
+            if t <= 0:
+                continue
+            self.first_ns = t if self.first_ns is None else min(self.first_ns, t)
+            self.last_ns = t if self.last_ns is None else max(self.last_ns, t)
+
+    def add_timeline(self, span: TimelineSpan) -> None:
+        if span.depth > self.timeline_depth:
+            return
+        if len(self.timeline) < self.max_timeline:
+            heapq.heappush(self.timeline, span)
+        elif span.duration_ns > self.timeline[0].duration_ns:
+            heapq.heapreplace(self.timeline, span)
+
+    def path_stats(self, path: str, depth: int) -> PathStats | None:
+        stats = self.paths.get(path)
+        if stats is None:
+            if len(self.paths) >= self.max_paths:
+                self.paths_dropped += 1
+                return None
+            stats = self.paths[path] = PathStats(path, depth)
+        return stats
+
+    def curve(self, name: str) -> Curve:
+        curve = self.curves.get(name)
+        if curve is None:
+            curve = self.curves[name] = Curve()
+        return curve
+
+    def add_oom(self, marker: OOMMarker) -> None:
+        if len(self.ooms) < self.max_ooms:
+            self.ooms.append(marker)
