@@ -31,10 +31,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from memspan.config import ConfigError, MemspanConfig
 from memspan.drops import DropLedger
+from memspan.export.counting import CountingBatchSpanProcessor
 from memspan.export.embedded import EmbeddedOutput, build_embedded_output
 from memspan.resource import build_resource
 from memspan.tracker import Tracker, default_tracker_if_any, set_default_tracker
@@ -141,7 +141,7 @@ def install_providers(cfg: MemspanConfig, service_name: str | None) -> Providers
         return Providers("global", ledger)
     resource = build_resource(service_name, cfg.job_id)
     if user_configured_exporters():
-        tracer, meter = providers_from_environment(resource)
+        tracer, meter = providers_from_environment(resource, ledger)
         _set_globals(tracer, meter)
         return Providers("environment", ledger, owned=[tracer, meter])
     embedded = build_embedded_output(
@@ -161,11 +161,13 @@ def _set_globals(tracer_provider: TracerProvider, meter_provider: MeterProvider)
     metrics.set_meter_provider(meter_provider)
 
 
-def providers_from_environment(resource: Resource) -> tuple[TracerProvider, MeterProvider]:
+def providers_from_environment(
+    resource: Resource, ledger: DropLedger
+) -> tuple[TracerProvider, MeterProvider]:
     """SDK providers with exactly the exporters the ``OTEL_*`` variables name."""
     tracer_provider = TracerProvider(resource=resource)
     for exporter in _exporters("opentelemetry_traces_exporter", "OTEL_TRACES_EXPORTER", "TRACES"):
-        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        tracer_provider.add_span_processor(CountingBatchSpanProcessor(exporter, ledger))
     readers: list[MetricReader] = []
     for exporter in _exporters("opentelemetry_metrics_exporter", "OTEL_METRICS_EXPORTER", "METRICS"):
         if isinstance(exporter, MetricReader):

@@ -43,6 +43,18 @@ _WINDOW_PEAKS = (
 )
 
 
+#: Every metric memspan emits as (name, kind, unit); kind is one of "udc" (up-down counter),
+#: "gauge", "counter" or "histogram". Docs and the dashboard consistency test read it.
+METRIC_CATALOGUE: tuple[tuple[str, str, str], ...] = (
+    *((name, kind, unit) for name, kind, unit, _ in _SAMPLED),
+    *((name, "gauge", _BYTES) for name, _ in _WINDOW_PEAKS),
+    (names.RECORDER_DROPPED, "counter", "1"),
+    (names.PHASE_DURATION, "histogram", "s"),
+    (names.PHASE_MEMORY_PEAK, "histogram", _BYTES),
+    (names.OOM_COUNT, "counter", "1"),
+)
+
+
 class MemoryInstruments:
     """Registers every sampled instrument plus the drop counter on one meter."""
 

@@ -17,10 +17,10 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from memspan.drops import DropLedger
 from memspan.export.bounded_file import BoundedLineFile
+from memspan.export.counting import CountingBatchSpanProcessor
 
 TRACES_FILE = "traces.jsonl"
 METRICS_FILE = "metrics.jsonl"
@@ -49,7 +49,9 @@ def build_embedded_output(
     traces = BoundedLineFile(os.path.join(directory, TRACES_FILE), max_bytes, ledger)
     metrics = BoundedLineFile(os.path.join(directory, METRICS_FILE), max_bytes, ledger)
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(FileSpanExporter(stream=cast(IO[str], traces))))
+    tracer_provider.add_span_processor(
+        CountingBatchSpanProcessor(FileSpanExporter(stream=cast(IO[str], traces)), ledger)
+    )
     reader = PeriodicExportingMetricReader(
         FileMetricExporter(stream=cast(IO[str], metrics)),
         export_interval_millis=export_interval_s * 1000.0,

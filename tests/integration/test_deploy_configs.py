@@ -1,0 +1,129 @@
+"""The deploy files are correct by construction: every name they use is one memspan emits,
+every pipeline component is defined, every mounted file exists."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from memspan import names
+
+from .promnames import emitted_prometheus_names
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COLLECTOR_CONFIGS = [ROOT / "otel-collector-config.yaml", DEPLOY / "otel-collector-gateway.yaml",
+                     DEPLOY / "otel-collector-agent.yaml"]
+PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "le", "without", "avg",
+                "max", "min", "count", "on", "ignoring", "group_left", "group_right"}
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads((DEPLOY / "grafana/dashboards/memspan.json").read_text())
+
+
+def queried_metrics(expr: str) -> set[str]:
+    expr = re.sub(r"\{[^}]*\}", "", expr)       # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)      # ranges
+    expr = re.sub(r"\b(by|without)\s*\([^)]*\)", "", expr)  # grouping labels
+    expr = re.sub(r'"[^"]*"', "", expr)
+    words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
+    return {w for w in words if w not in PROMQL_WORDS and not w.startswith("__")}
+
+
+def test_every_dashboard_query_uses_metrics_memspan_emits() -> None:
+    emitted = emitted_prometheus_names()
+    used: set[str] = set()
+    for panel in dashboard()["panels"]:
+        for target in panel["targets"]:
+            metrics = queried_metrics(target["expr"])
+            assert metrics, f"panel {panel['title']!r} queries no metric"
+            unknown = metrics - set(emitted)
+            assert not unknown, f"panel {panel['title']!r} queries {unknown}, which memspan does not emit"
+            used |= metrics
+    for template in dashboard()["templating"]["list"]:
+        assert queried_metrics(template["query"].replace("label_values", "")) - {
+            "service_name", "memspan_rank"} <= set(emitted)
+    # the panels the issue asks for
+    otel_used = {emitted[m] for m in used}
+    for required in (names.GPU_MEMORY_USAGE, names.TORCH_ALLOCATED, names.PROCESS_MEMORY_USAGE,
+                     names.CGROUP_MEMORY_LIMIT, names.PHASE_MEMORY_PEAK, names.OOM_COUNT,
+                     names.RECORDER_DROPPED):
+        assert required in otel_used, required
+
+
+def test_the_phase_peak_panel_shows_exemplars() -> None:
+    panels = [p for p in dashboard()["panels"]
+              if any("memspan_phase_memory_peak_bytes_bucket" in t["expr"] for t in p["targets"])]
+    assert panels and all(t["exemplar"] for p in panels for t in p["targets"])
+
+
+def test_promql_metric_extraction() -> None:
+    assert queried_metrics('sum by (le, a) (rate(x_bucket{a="b"}[5m]))') == {"x_bucket"}
+
+
+@pytest.mark.parametrize("path", COLLECTOR_CONFIGS, ids=lambda p: p.name)
+def test_collector_pipelines_reference_defined_components(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
+    service = config["service"]
+    for extension in service.get("extensions", []):
+        assert extension in config.get("extensions", {}), extension
+    assert service["pipelines"]
+    for pipeline_name, pipeline in service["pipelines"].items():
+        for section in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(section, []):
+                assert component in config.get(section, {}), f"{pipeline_name}: {component}"
+        processors = pipeline.get("processors", [])
+        assert processors[0] == "memory_limiter", f"{pipeline_name}: memory_limiter must be first"
+        assert processors[-1] == "batch", f"{pipeline_name}: batch must be last"
+
+
+@pytest.mark.parametrize("path", [COLLECTOR_CONFIGS[0], COLLECTOR_CONFIGS[1]], ids=lambda p: p.name)
+def test_tail_sampling_keeps_every_oom_and_error(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
+    policies = config["processors"]["tail_sampling"]["policies"]
+    status = [p for p in policies if p["type"] == "status_code"]
+    assert status and status[0]["status_code"]["status_codes"] == ["ERROR"]
+    conditions = [c for p in policies if p["type"] == "ottl_condition"
+                  for c in p["ottl_condition"].get("span", []) + p["ottl_condition"].get("spanevent", [])]
+    mentioned = {m for c in conditions for m in re.findall(r'"([a-z0-9_.]+)"', c)}
+    assert names.OOM_DUMP_PATH in mentioned and names.OOM_EVENT in mentioned
+    known = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
+    assert mentioned <= known, f"tail sampling names unknown attributes: {mentioned - known}"
+    assert [p for p in policies if p["type"] == "probabilistic"]
+
+
+def test_agent_routes_traces_by_trace_id() -> None:
+    config = yaml.safe_load((DEPLOY / "otel-collector-agent.yaml").read_text())
+    assert config["exporters"]["loadbalancing/traces"]["routing_key"] == "traceID"
+
+
+def test_compose_mounts_existing_files_and_pins_images() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
+    prometheus = compose["services"]["prometheus"]["command"]
+    assert "--enable-feature=exemplar-storage" in prometheus
+
+
+def test_grafana_sends_exemplars_to_jaeger_and_jaeger_links_dumps() -> None:
+    datasources = yaml.safe_load(
+        (DEPLOY / "grafana/provisioning/datasources/datasources.yaml").read_text())["datasources"]
+    by_uid = {d["uid"]: d for d in datasources}
+    destinations = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert destinations[0]["datasourceUid"] == "jaeger" and by_uid["jaeger"]["type"] == "jaeger"
+    links = json.loads((DEPLOY / "jaeger/ui-config.json").read_text())["linkPatterns"]
+    assert {link["key"] for link in links} == {names.OOM_DUMP_PATH, names.FILE_PATH}
+    jaeger = yaml.safe_load((DEPLOY / "jaeger/config.yaml").read_text())
+    assert jaeger["extensions"]["jaeger_query"]["ui"]["config_file"] == "/etc/jaeger/ui-config.json"
+    scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["otel-collector:8889"]
