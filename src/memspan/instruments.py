@@ -65,8 +65,10 @@ class MemoryInstruments:
         ledger: DropLedger,
         *,
         emit_rss: bool = True,
+        before_collect: Callable[[], object] | None = None,
     ) -> None:
         self._state = state_provider
+        self._before_collect = before_collect
         self._ledger = ledger
         self._enabled = True
         self.names: list[str] = []
@@ -112,6 +114,10 @@ class MemoryInstruments:
         return callback
 
     def _drops(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Collection runs every observable callback before reading synchronous instruments:
+        # draining pending phase histograms here puts them in this collection.
+        if self._before_collect is not None:
+            self._before_collect()
         if not self._enabled:
             return []
         return [

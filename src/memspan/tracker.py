@@ -12,8 +12,8 @@ Invariants:
 - A user exception leaving a phase propagates unchanged; the span records it once as the
   semconv ``exception`` event with status ERROR. A protocol error found while unwinding is
   logged and counted, never raised over the user's exception.
-- Histograms are recorded at phase exit in the phase span's context, so their exemplars
-  carry the span's trace and span ids.
+- Histograms are recorded for every phase in the phase span's context (off the hot path, see
+  :mod:`memspan.phase_metrics`), so their exemplars carry the span's trace and span ids.
 - Telemetry failures never break the program: listeners that raise are counted and ignored.
 """
 
@@ -42,6 +42,7 @@ from memspan.config import MemspanConfig
 from memspan.drops import CALLBACK_ERROR, PROTOCOL_ERROR, DropLedger
 from memspan.instruments import MemoryInstruments
 from memspan.oom.service import FlightRecorderService
+from memspan.phase_metrics import PhaseHistograms
 from memspan.runtime import OpenScope, PhaseHandle, PhaseProtocolError, PhaseRecorder
 from memspan.sampling.sampler import Sampler
 from memspan.sources.base import MemorySource
@@ -139,6 +140,7 @@ class Tracker:
             description="Peak memory of a phase (allocator on a GPU, RSS on a host)",
             explicit_bucket_boundaries_advisory=_BYTE_BUCKETS,
         )
+        self.phase_histograms = PhaseHistograms(self._duration, self._peak)
         self.oom_counter = meter.create_counter(
             names.OOM_COUNT, unit="1", description="Out-of-memory errors seen by memspan"
         )
@@ -150,8 +152,10 @@ class Tracker:
             ledger=self.ledger,
         )
         self.instruments = MemoryInstruments(
-            meter, lambda: self.sampler.state, self.ledger, emit_rss=self.config.rss_metric
+            meter, lambda: self.sampler.state, self.ledger, emit_rss=self.config.rss_metric,
+            before_collect=self.phase_histograms.drain,
         )
+        self.sampler.add_listener(self._drain_histograms)
         host = self.source(HostMemorySource)
         self.torch_source = self.source(TorchAllocatorSource)
         self._boundary = BoundaryReader(host, self.torch_source, self.sampler)
@@ -168,6 +172,9 @@ class Tracker:
             self.flight_recorder.install_excepthooks()
         if start_sampler:
             self.sampler.start()
+
+    def _drain_histograms(self, _readings: object, _increases: object) -> None:
+        self.phase_histograms.drain()
 
     _S = TypeVar("_S")
 
@@ -232,8 +239,11 @@ class Tracker:
             session_id=self.session_id, rank=self.rank, name=name, make_span=make_span
         )
         live = LivePhase(scope, holder[0], entry, start_ns, user_attributes or {})
-        if self.listeners:
-            self._notify(lambda listener: listener.phase_opened(live))
+        for listener in self.listeners:
+            try:
+                listener.phase_opened(live)
+            except Exception:
+                self.ledger.add(CALLBACK_ERROR, warning="a phase listener raised; ignored")
         return live
 
     def close_phase(self, live: LivePhase, error: BaseException | None) -> None:
@@ -260,17 +270,13 @@ class Tracker:
                 self._handle_oom(live, error)
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        context = scope.context
-        path_attributes = {names.PHASE_PATH: scope.path_text}
-        self._duration.record((end_ns - live.start_ns) / 1e9, path_attributes, context=context)
-        if figures.primary_peak is not None:
-            self._peak.record(
-                figures.primary_peak,
-                {names.PHASE_PATH: scope.path_text, names.MEMORY_DEVICE: figures.device},
-                context=context,
-            )
-        if self.listeners:
-            self._notify(lambda listener: listener.phase_closed(live, error))
+        self.phase_histograms.add((end_ns - live.start_ns) / 1e9, figures.primary_peak,
+                                  scope.path_text, figures.device, scope.context)
+        for listener in self.listeners:
+            try:
+                listener.phase_closed(live, error)
+            except Exception:
+                self.ledger.add(CALLBACK_ERROR, warning="a phase listener raised; ignored")
         span.end(end_time=end_ns)
 
     def _handle_oom(self, live: LivePhase, error: BaseException) -> None:
@@ -282,13 +288,6 @@ class Tracker:
         except Exception:
             self.ledger.add(CALLBACK_ERROR, warning="the OOM handler raised; the OOM was not dumped")
 
-    def _notify(self, call: Callable[[PhaseListener], None]) -> None:
-        for listener in list(self.listeners):
-            try:
-                call(listener)
-            except Exception:
-                self.ledger.add(CALLBACK_ERROR, warning="a phase listener raised; ignored")
-
     # -- lifecycle ---------------------------------------------------------------------------
     def shutdown(self, timeout_s: float = 5.0) -> bool:
         """Stop the sampler (joined within ``timeout_s``) and silence the instruments."""
@@ -296,6 +295,7 @@ class Tracker:
             return True
         self._closed = True
         stopped = self.sampler.shutdown(timeout_s)
+        self.phase_histograms.drain()
         self.flight_recorder.shutdown()
         self.instruments.disable()
         for source in self.sources:

@@ -56,7 +56,10 @@ class LeakWatcher:
                 return
             series = self.series[path] = RunSeries()
         series.add(start, int(end))
-        if path in self.flagged or series.n < self.thresholds.min_runs:
+        if series.n < self.thresholds.min_runs or path in self.flagged:
+            return
+        slope, _ = series.fit()
+        if slope < self.thresholds.slope_bytes_per_run:  # cheap pre-check before the verdict
             return
         verdict = verdict_for(series, self.thresholds)
         if verdict.verdict == LEAKING:

@@ -102,7 +102,12 @@ class EventRing:
         return self._samples.max_events + self._rare.max_events
 
     def record(self, event: Mapping[str, Any]) -> None:
-        payload = dict(event)
+        """Record a copy of ``event`` (the caller may reuse its dict)."""
+        self.record_owned(dict(event))
+
+    def record_owned(self, payload: dict[str, Any]) -> None:
+        """Record ``payload`` itself: the caller hands it over and never touches it again."""
+        event: Mapping[str, Any] = payload
         size = estimate_size(payload)
         if size > self.max_event_bytes:
             payload, size = self._shrink(event)

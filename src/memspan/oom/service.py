@@ -136,7 +136,7 @@ class FlightRecorderService:
             event["allocated"] = entry.allocator.allocated
             event["reserved"] = entry.allocator.reserved
             self._ensure_observer()
-        self.recorder.record_event(event)
+        self.recorder.ring.record_owned(event)
         if self.breadcrumbs is not None:
             self.breadcrumbs.flush()
 
@@ -154,7 +154,7 @@ class FlightRecorderService:
                     event[short] = attributes[key]
         if error is not None:
             event["error"] = type(error).__name__
-        self.recorder.record_event(event)
+        self.recorder.ring.record_owned(event)
         if self.breadcrumbs is not None:
             self.breadcrumbs.flush()
 
