@@ -40,6 +40,7 @@ def main() -> None:
     host = HostMemorySource()
     paths = ("forward", "backward", "optimizer")
     rss_at: dict[int, int] = {}
+    objects_at: dict[int, int] = {}
     started = time.perf_counter()
     for i in range(1, total + 1):
         with tracker.phase(paths[i % 3]):
@@ -50,6 +51,7 @@ def main() -> None:
             tracer_provider.force_flush()
             gc.collect()
             rss_at[i] = host.rss_bytes() or 0
+            objects_at[i] = len(gc.get_objects())
         elif i % 100_000 == 0:
             reader.get_metrics_data()
     single = total / (time.perf_counter() - started)
@@ -74,6 +76,9 @@ def main() -> None:
             growth < 2.0),
         Row(f"RSS growth from 100,000 to {total:,} phases (steady state)", steady, "MiB",
             "< 2 MiB", None, steady < 2.0),
+        Row(f"live Python objects, {total:,} phases minus 100,000",
+            objects_at[total] - objects_at.get(100_000, objects_at[10_000]), "objects",
+            "flat (~0)"),
         Row("phases per second, 1 thread", single, "1/s"),
         Row("phases per second, 8 threads", eight, "1/s", "", eight / single),
     ]

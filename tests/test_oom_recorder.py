@@ -194,6 +194,7 @@ def test_four_processes_dumping_and_pruning_one_directory(tmp_path: Path) -> Non
         from memspan import OOMFlightRecorder, OOMFlightRecorderConfig
         recorder = OOMFlightRecorder(OOMFlightRecorderConfig(
             enabled=True, dump_dir={str(tmp_path)!r}, max_dumps=3, max_total_mb=64))
+        recorder.max_dumps_per_minute = 1000
         for i in range(200):
             recorder.record_event({{"type": "user", "i": i}})
         for i in range(15):

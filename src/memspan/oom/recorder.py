@@ -6,6 +6,9 @@ the bundle just written is never pruned, a failed dump reports why instead of va
 and dumps are single-flight (one at a time per process; concurrent OOMs wait their turn and
 each get their own bundle).
 
+Dumps are rate limited (``max_dumps_per_minute``, default 10): a program that hits OOMs in a
+tight loop gets its first bundles and then only counted, skipped dumps.
+
 Invariant: ``dump`` never raises. A dump that cannot be written (unwritable directory, full
 disk, ``MemoryError`` while writing) returns ``None`` and :meth:`write_dump` reports the
 error so the span can say ``memspan.oom.dump.error``.
@@ -13,6 +16,7 @@ error so the span can say ``memspan.oom.dump.error``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from memspan.drops import DUMP_FAILED, DropLedger
+from memspan.drops import DUMP_FAILED, DUMP_RATE_LIMITED, DropLedger
 from memspan.oom.bundle import BundleContent, allowed_environment, bundle_name, write_bundle
 from memspan.oom.classify import OOMExceptionClassification, classify_oom_exception
 from memspan.oom.retention import prune
@@ -113,6 +117,8 @@ class OOMFlightRecorder:
         self._dump_lock = threading.Lock()
         self.time_budget_s = 10.0
         self.max_event_bytes = 64 << 20
+        self.max_dumps_per_minute = 10
+        self._recent_dumps: collections.deque[float] = collections.deque()
 
     # -- Stormlog API ------------------------------------------------------------------------
     def record_event(self, event: dict[str, Any]) -> None:
@@ -150,6 +156,11 @@ class OOMFlightRecorder:
         """Write one bundle (single-flight) and prune; never raises."""
         if not self.config.enabled:
             return DumpResult(None, "the flight recorder is disabled")
+        if self._rate_limited():
+            self.ledger.add(DUMP_RATE_LIMITED, warning="OOMs are repeating faster than "
+                            f"{self.max_dumps_per_minute} a minute; further dumps are skipped")
+            return DumpResult(None, f"rate limited: more than {self.max_dumps_per_minute} "
+                              "dumps in the last minute")
         with self._dump_lock:
             try:
                 name = bundle_name(self.rank, os.getpid(), next(self._sequence))
@@ -172,6 +183,18 @@ class OOMFlightRecorder:
             except OSError as error:
                 _logger.warning("memspan: pruning %s failed: %s", self.config.dump_dir, error)
             return DumpResult(path, None, removed)
+
+    def _rate_limited(self) -> bool:
+        """A program failing in a tight loop must not spend its life writing bundles."""
+        now = time.monotonic()
+        with self._dump_lock:
+            recent = self._recent_dumps
+            while recent and now - recent[0] > 60.0:
+                recent.popleft()
+            if len(recent) >= self.max_dumps_per_minute:
+                return True
+            recent.append(now)
+            return False
 
     def _content(self, request: DumpRequest, name: str) -> BundleContent:
         c = request.classification

@@ -210,13 +210,21 @@ class FlightRecorderService:
             _logger.warning("memspan: CUDA memory history could not be enabled: %s", error)
 
     # -- OOM responses -----------------------------------------------------------------------
-    def on_phase_error(self, phase: LivePhase, error: BaseException) -> None:
+    @staticmethod
+    def _claim(error: BaseException) -> OOMExceptionClassification | None:
+        """The classification of an OOM nobody handled yet (now marked handled), else None."""
         if is_handled(error):
-            return
+            return None
         classification = classify_oom_exception(error)
         if not classification.is_oom:
-            return
+            return None
         mark_handled(error)
+        return classification
+
+    def on_phase_error(self, phase: LivePhase, error: BaseException) -> None:
+        classification = self._claim(error)
+        if classification is None:
+            return
         scope = phase.scope
         self._respond(error, classification, phase.span, enclosing_non_phase_span(scope), scope,
                       context=scope.path_text)
@@ -224,12 +232,9 @@ class FlightRecorderService:
     def capture(self, error: BaseException, context: str | None,
                 metadata: Mapping[str, Any] | None) -> None:
         """An OOM caught by :func:`memspan.capture_oom` (not yet handled by a phase)."""
-        if is_handled(error):
+        classification = self._claim(error)
+        if classification is None:
             return
-        classification = classify_oom_exception(error)
-        if not classification.is_oom:
-            return
-        mark_handled(error)
         span = trace.get_current_span()
         self._respond(error, classification, span if span.is_recording() else None, None,
                       self.tracker.recorder.current(), context=context, metadata=metadata)
