@@ -214,3 +214,11 @@ def test_four_processes_dumping_and_pruning_one_directory(tmp_path: Path) -> Non
         manifest = json.loads(Path(entry.path, "manifest.json").read_text())
         assert sorted(manifest["files"]) == sorted(os.listdir(entry.path))
     assert not [n for n in os.listdir(tmp_path) if n.startswith((".tmp-", ".trash-"))]
+
+
+def test_read_only_location_is_reported_not_raised() -> None:
+    # /proc refuses new directories even to root (chmod does not stop root)
+    recorder = OOMFlightRecorder(OOMFlightRecorderConfig(enabled=True,
+                                                         dump_dir="/proc/memspan-dumps"))
+    assert recorder.dump(reason="x", exception=MemoryError(), context=None, backend="cpu") is None
+    assert recorder.ledger.count("dump_failed") == 1
