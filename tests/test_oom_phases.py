@@ -293,3 +293,24 @@ def test_sigkill_leaves_a_breadcrumb(tmp_path: Path) -> None:
     text = crumbs[0].read_text()
     assert '"path":"train / step"' in text and '"type":"sample"' in text
     time.sleep(0)
+
+
+def test_a_forked_child_never_writes_the_parents_breadcrumbs(telemetry_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    t = telemetry_factory(config=MemspanConfig(dump_dir=str(tmp_path), breadcrumbs=True))
+    writer = t.tracker.flight_recorder.breadcrumbs
+    assert writer is not None
+    writer.min_interval_s = 0.0
+    with t.tracker.phase("parent"):
+        pass
+    before = Path(writer.path).read_text()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with t.tracker.phase("child-work"):
+                pass
+            writer.flush(force=True)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert Path(writer.path).read_text() == before
+    assert [p.name for p in (tmp_path / ".breadcrumbs").iterdir()] == [Path(writer.path).name]

@@ -8,7 +8,8 @@ launcher turns a file left behind into a bundle.
 Invariants: the file starts with one header line (``type: breadcrumb_header``) naming the
 process; appends are whole lines on an ``O_APPEND`` descriptor; when the file would exceed
 ``max_bytes`` it is rewritten (atomically) with the header and the current ring only, so it
-stays bounded; a clean shutdown removes it. Failures are counted, never raised.
+stays bounded; a clean shutdown removes it; a forked child writes none. Failures are
+counted, never raised.
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ class BreadcrumbWriter:
         self._last_flush = 0.0
         self._size = 0
         self._started = False
+        self._pid = os.getpid()
 
     def flush(self, *, force: bool = False) -> None:
+        if os.getpid() != self._pid:
+            # A forked child (a DataLoader worker) must not write into its parent's file, and
+            # it usually ends with os._exit, which would leave a file of its own behind.
+            return
         now = time.monotonic()
         if not force and now - self._last_flush < self.min_interval_s:
             return
@@ -98,6 +104,8 @@ class BreadcrumbWriter:
         self._last_sequence = events[-1]["seq"] if events else self._ring.last_sequence
 
     def remove(self) -> None:
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             try:
                 os.unlink(self.path)
