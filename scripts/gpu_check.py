@@ -132,7 +132,8 @@ def nvml_vs_smi() -> str:
         used = by_id[(names.GPU_MEMORY_USAGE, row["uuid"])] / 2**20
         total = by_id[(names.GPU_MEMORY_LIMIT, row["uuid"])] / 2**20
         assert abs(total - float(row["total_mib"])) <= 2, f"total {total} vs {row['total_mib']}"
-        assert abs(used - float(row["used_mib"])) <= 512, f"used {used} vs {row['used_mib']}"
+        # NVML v2 "used" leaves out driver-reserved memory that some nvidia-smi versions count
+        assert abs(used - float(row["used_mib"])) <= 1024, f"used {used} vs {row['used_mib']}"
         out.append(f"{row['uuid']}: used {used:.0f}/{row['used_mib']} MiB, "
                    f"total {total:.0f}/{row['total_mib']} MiB")
     return "; ".join(out)
