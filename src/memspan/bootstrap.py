@@ -214,6 +214,10 @@ def shutdown(timeout_s: float = 5.0) -> bool:
         set_default_tracker(None)
     deadline = time.monotonic() + timeout_s
     finished = tracker.sampler.shutdown(timeout_s)
+    try:
+        tracker.sampler.sample_once()  # the last export shows the end state, not a stale tick
+    except Exception:
+        _logger.debug("memspan: final sample failed", exc_info=True)
     tracker.phase_histograms.drain()
     owned = installation.owned_providers if installation is not None else []
     # Flush while the observable callbacks still answer, so the last figures are exported.

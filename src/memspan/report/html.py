@@ -98,7 +98,10 @@ def curves_svg(model: ReportModel) -> str:
     first, last = model.first_ns or 0, model.last_ns or 1
     height = 220
     curves = {name: curve.sorted_points() for name, curve in sorted(model.curves.items())}
-    top = max((v for points in curves.values() for _, v in points), default=1.0) or 1.0
+    # The cgroup's figures (page cache included) can dwarf the process's: scale to the
+    # process/device series when there are any, and clip the rest at the top edge.
+    own = [v for name, points in curves.items() if "cgroup" not in name for _, v in points]
+    top = max(own or [v for points in curves.values() for _, v in points], default=1.0) or 1.0
     parts = [f'<svg id="memory" width="{WIDTH}" height="{height + 20}" role="img" '
              f'aria-label="memory over time">',
              f'<text x="4" y="12">{escape(human_bytes(top))}</text>',
@@ -106,6 +109,8 @@ def curves_svg(model: ReportModel) -> str:
     legend = []
     for index, (name, points) in enumerate(curves.items()):
         color = COLORS[index % len(COLORS)]
+        clipped = any(v > top for _, v in points)
+        points = [(t, min(v, top)) for t, v in points]
         coords = " ".join(f"{_x(t, first, last):.1f},{height - v / top * (height - 20):.1f}"
                           for t, v in points)
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
@@ -115,7 +120,8 @@ def curves_svg(model: ReportModel) -> str:
                 f'<circle cx="{_x(t, first, last):.1f}" cy="{height - v / top * (height - 20):.1f}" '
                 f'r="2.5" fill="{color}"><title>{escape(name)}: {escape(human_bytes(v))}</title></circle>'
                 for t, v in points)
-        legend.append(f'<span><i style="background:{color}"></i>{escape(name)}</span>')
+        note = " (above the scale, clipped)" if clipped else ""
+        legend.append(f'<span><i style="background:{color}"></i>{escape(name)}{note}</span>')
     parts.append(_oom_markers(model, height))
     parts.append("</svg>")
     return "".join(parts) + f'<div class="legend">{"".join(legend)}</div>'

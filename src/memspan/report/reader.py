@@ -120,10 +120,18 @@ def _add_span(span: dict[str, Any], model: ReportModel) -> None:
     error = span.get("status", {}).get("code") == 2
     model.add_timeline(TimelineSpan(max(0, end - start), start, end, str(span.get("name", "")),
                                     path, depth, error))
+    device = str(attrs.get(names.MEMORY_DEVICE, "host"))
+    # Boundary readings draw a curve even for a job shorter than one metric export.
+    start_key, end_key, label = (
+        (names.ALLOCATED_START, names.ALLOCATED_END, f"allocated at phase edges [{device}]")
+        if device != "host" else (names.RSS_START, names.RSS_END, "RSS at phase edges"))
+    if isinstance(attrs.get(start_key), int) and isinstance(attrs.get(end_key), int):
+        curve = model.curve(label)
+        curve.add(start, float(attrs[start_key]))
+        curve.add(end, float(attrs[end_key]))
     stats = model.path_stats(path, depth)
     if stats is None:
         return
-    device = str(attrs.get(names.MEMORY_DEVICE, "host"))
     stats.device = device
     if device != "host" and names.ALLOCATED_START in attrs:
         figures = (attrs.get(names.ALLOCATED_PEAK), attrs.get(names.ALLOCATED_START),
