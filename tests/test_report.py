@@ -155,3 +155,34 @@ def test_report_in_headless_chromium(job: tuple[Path, Path], tmp_path: Path) -> 
     assert "<script>" not in dom
     page = "/" + Path(result.html_path).name
     assert set(_Recorder.requests) == {page}  # nothing else was requested: self-contained
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from report_scale import generate
+
+    (tmp_path / "in").mkdir()
+    size = generate(str(tmp_path / "in" / "traces.jsonl"), 15_000)
+    assert size > 8 * 1024 * 1024
+    command = [sys.executable, "-m", "memspan", "report", "--input", str(tmp_path / "in"),
+               "--out", str(tmp_path / "out")]
+    piped = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert piped.returncode == 0 and "reading spans" not in piped.stderr
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=120) == 0
+    os.close(leader)
+    text = output.decode(errors="replace")
+    assert "reading spans [" in text and "100%" in text

@@ -151,8 +151,8 @@ def test_thread_samples_at_a_fixed_rate_and_stops_by_its_deadline() -> None:
     assert sampler.shutdown(timeout_s=2.0)
     assert time.monotonic() - started < 2.0
     assert not sampler.running
-    assert 8 <= source.samples <= 30
-    assert 1 <= slow.samples <= 4  # the slow source runs at its own cadence
+    assert 5 <= source.samples <= 30  # ~25 at 20 ms; loose bounds for loaded machines
+    assert 1 <= slow.samples <= 5  # the slow source runs at its own cadence (~3)
 
 
 def test_sampler_rejects_bad_intervals() -> None:
