@@ -8,6 +8,7 @@ import logging
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
@@ -341,3 +342,20 @@ def test_no_allocator_figures_until_cuda_is_initialised(telemetry_factory) -> No
     assert names.ALLOCATED_START not in attrs
     assert attrs[names.MEMORY_DEVICE] == "host"
     assert api.calls == []
+
+
+def test_a_broken_cuda_context_never_breaks_the_program(telemetry_factory) -> None:  # type: ignore[no-untyped-def]
+    class BrokenCuda(FakeCudaApi):
+        def memory_stats_nested(self, device: int) -> Any:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+
+    t = telemetry_factory(sources=[HostMemorySource(), TorchAllocatorSource(BrokenCuda())])
+    error = ValueError("the user's own error")
+    with pytest.raises(ValueError) as raised, t.tracker.phase("after-assert"):
+        raise error
+    assert raised.value is error
+    with t.tracker.phase("next"):
+        pass
+    attrs = t.span("next").attributes or {}
+    assert names.ALLOCATED_START not in attrs and names.RSS_START in attrs
+    assert t.tracker.ledger.count("source_error") == 2

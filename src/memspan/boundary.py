@@ -10,6 +10,8 @@ Invariants:
   it is the highest of the entry, exit and sampler readings taken during the phase, and
   marked inexact. Peak statistics are never reset.
 - A figure that cannot be measured is absent from the attributes, never zero.
+- Reading never raises into the user's program: a source that fails (a CUDA context broken
+  by a device-side assert, say) is counted as ``source_error`` and its figures are absent.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from memspan import names
+from memspan.drops import SOURCE_ERROR, DropLedger
 from memspan.sampling.history import MaxHistory
 from memspan.sampling.sampler import Sampler
 from memspan.sources.host import HostMemorySource
@@ -92,7 +95,9 @@ class BoundaryReader:
         host: HostMemorySource | None,
         torch: TorchAllocatorSource | None,
         sampler: Sampler | None,
+        ledger: DropLedger | None = None,
     ) -> None:
+        self._ledger = ledger if ledger is not None else DropLedger()
         self._host = host
         self._torch = torch
         self._sampler = sampler
@@ -100,26 +105,41 @@ class BoundaryReader:
             sampler.history(names.PROCESS_MEMORY_USAGE) if sampler is not None else None
         )
 
+    def _failed(self, what: str, error: Exception) -> None:
+        self._ledger.add(SOURCE_ERROR, warning=f"reading {what} at a phase boundary failed "
+                         f"({type(error).__name__}: {error}); its figures are left out")
+
     def entry(self) -> EntryFigures:
         figures = EntryFigures()
         host = self._host
         if host is not None:
-            figures.rss = host.rss_bytes()
-            figures.maxrss = host.peak_rss_bytes()
+            try:
+                figures.rss = host.rss_bytes()
+                figures.maxrss = host.peak_rss_bytes()
+            except Exception as error:
+                self._failed("host memory", error)
             if self._rss_history is not None:
                 figures.rss_tick = self._rss_history.tick
         torch = self._torch
-        if torch is not None and torch.initialized():
-            device = torch.api.current_device()
-            figures.device_index = device
-            figures.allocator = torch.read_device(device)
-            if self._sampler is not None:
-                attrs = torch.series_attributes(device)
-                alloc = self._sampler.history(names.TORCH_ALLOCATED, attrs)
-                reserved = self._sampler.history(names.TORCH_RESERVED, attrs)
-                figures.allocated_history, figures.reserved_history = alloc, reserved
-                figures.allocated_tick, figures.reserved_tick = alloc.tick, reserved.tick
+        if torch is not None:
+            try:
+                if torch.initialized():
+                    self._torch_entry(torch, figures)
+            except Exception as error:
+                figures.allocator = None
+                self._failed("the torch allocator", error)
         return figures
+
+    def _torch_entry(self, torch: TorchAllocatorSource, figures: EntryFigures) -> None:
+        device = torch.api.current_device()
+        figures.device_index = device
+        figures.allocator = torch.read_device(device)
+        if self._sampler is not None:
+            attrs = torch.series_attributes(device)
+            alloc = self._sampler.history(names.TORCH_ALLOCATED, attrs)
+            reserved = self._sampler.history(names.TORCH_RESERVED, attrs)
+            figures.allocated_history, figures.reserved_history = alloc, reserved
+            figures.allocated_tick, figures.reserved_tick = alloc.tick, reserved.tick
 
     @staticmethod
     def entry_attributes(figures: EntryFigures, attributes: dict[str, Any]) -> None:
@@ -138,8 +158,11 @@ class BoundaryReader:
         attributes: dict[str, Any] = {}
         rss = maxrss = None
         if self._host is not None:
-            rss = self._host.rss_bytes()
-            maxrss = self._host.peak_rss_bytes()
+            try:
+                rss = self._host.rss_bytes()
+                maxrss = self._host.peak_rss_bytes()
+            except Exception as error:
+                self._failed("host memory", error)
         rss_peak, rss_exact = phase_peak(
             start.rss, rss, start.maxrss, maxrss, self._rss_history, start.rss_tick
         )
@@ -148,8 +171,13 @@ class BoundaryReader:
         if rss_peak is not None:
             attributes[names.RSS_PEAK] = rss_peak
         begin = start.allocator
+        end = None
         if begin is not None and self._torch is not None:
-            end = self._torch.read_device(start.device_index)
+            try:
+                end = self._torch.read_device(start.device_index)
+            except Exception as error:
+                self._failed("the torch allocator", error)
+        if begin is not None and end is not None:
             alloc_peak, alloc_exact = phase_peak(
                 begin.allocated, end.allocated, begin.allocated_peak, end.allocated_peak,
                 start.allocated_history, start.allocated_tick,

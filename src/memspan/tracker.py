@@ -158,7 +158,7 @@ class Tracker:
         self.sampler.add_listener(self._drain_histograms)
         host = self.source(HostMemorySource)
         self.torch_source = self.source(TorchAllocatorSource)
-        self._boundary = BoundaryReader(host, self.torch_source, self.sampler)
+        self._boundary = BoundaryReader(host, self.torch_source, self.sampler, self.ledger)
         self.recorder = PhaseRecorder()
         self.listeners: list[PhaseListener] = []
         self.oom_handler: OOMHandler | None = None
@@ -262,6 +262,16 @@ class Tracker:
                     return
         span = live.span
         end_ns = time.time_ns()
+        try:
+            self._report_exit(live, error, end_ns)
+        except Exception as failure:  # telemetry must never replace the user's outcome
+            self.ledger.add(CALLBACK_ERROR, warning=f"recording a phase exit failed: "
+                            f"{type(failure).__name__}: {failure}")
+        finally:
+            span.end(end_time=end_ns)
+
+    def _report_exit(self, live: LivePhase, error: BaseException | None, end_ns: int) -> None:
+        scope, span = live.scope, live.span
         figures = self._boundary.exit(live.entry)
         live.exit_figures = figures
         span.set_attributes(figures.attributes)
@@ -277,7 +287,6 @@ class Tracker:
                 listener.phase_closed(live, error)
             except Exception:
                 self.ledger.add(CALLBACK_ERROR, warning="a phase listener raised; ignored")
-        span.end(end_time=end_ns)
 
     def _handle_oom(self, live: LivePhase, error: BaseException) -> None:
         handler = self.oom_handler
