@@ -51,13 +51,21 @@ _EXPORTER_VARIABLES = (
 
 
 @dataclass
+class Providers:
+    """The global providers memspan found or installed (``owned`` are the ones it built)."""
+
+    mode: str  # "explicit", "global", "environment", "embedded"
+    ledger: DropLedger
+    embedded: EmbeddedOutput | None = None
+    owned: list[Any] = field(default_factory=list)
+
+
+@dataclass
 class Installation:
     """What :func:`configure` set up, so :func:`shutdown` can take it down."""
 
     tracker: Tracker
-    mode: str  # "explicit", "global", "environment", "embedded"
-    embedded: EmbeddedOutput | None = None
-    owned_providers: list[Any] = field(default_factory=list)
+    providers: Providers
 
 
 _installation: Installation | None = None
@@ -105,7 +113,7 @@ def configure(
         if previous is not None and previous is not installation.tracker:
             previous.shutdown()
         _installation = installation
-    _logger.info("memspan: configured (%s)", installation.mode)
+    _logger.info("memspan: configured (%s)", installation.providers.mode)
     return installation.tracker
 
 
@@ -118,20 +126,10 @@ def _install(
     if tracer_provider is not None or meter_provider is not None:
         tracker = Tracker(tracer_provider=tracer_provider, meter_provider=meter_provider,
                           config=cfg, install_excepthooks=True)
-        return Installation(tracker, "explicit")
+        return Installation(tracker, Providers("explicit", tracker.ledger))
     providers = install_providers(cfg, service_name)
     tracker = Tracker(config=cfg, ledger=providers.ledger, install_excepthooks=True)
-    return Installation(tracker, providers.mode, providers.embedded, providers.owned)
-
-
-@dataclass
-class Providers:
-    """The global providers memspan found or installed (``owned`` are the ones it built)."""
-
-    mode: str
-    ledger: DropLedger
-    embedded: EmbeddedOutput | None = None
-    owned: list[Any] = field(default_factory=list)
+    return Installation(tracker, providers)
 
 
 def install_providers(cfg: MemspanConfig, service_name: str | None) -> Providers:
@@ -213,13 +211,8 @@ def shutdown(timeout_s: float = 5.0) -> bool:
     if installation is None or default_tracker_if_any() is tracker:
         set_default_tracker(None)
     deadline = time.monotonic() + timeout_s
-    finished = tracker.sampler.shutdown(timeout_s)
-    try:
-        tracker.sampler.sample_once()  # the last export shows the end state, not a stale tick
-    except Exception:
-        _logger.debug("memspan: final sample failed", exc_info=True)
-    tracker.phase_histograms.drain()
-    owned = installation.owned_providers if installation is not None else []
+    finished = tracker.prepare_final_export(timeout_s)
+    owned = installation.providers.owned if installation is not None else []
     # Flush while the observable callbacks still answer, so the last figures are exported.
     for provider in owned:
         finished = _within(_left(deadline), provider.force_flush) and finished
@@ -254,10 +247,6 @@ def _within(timeout_s: float, action: Callable[[], object]) -> bool:
 
     threading.Thread(target=run, name="memspan-shutdown", daemon=True).start()
     return done.wait(timeout_s)
-
-
-def current_installation() -> Installation | None:
-    return _installation
 
 
 atexit.register(shutdown)

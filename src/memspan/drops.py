@@ -55,11 +55,6 @@ class DropLedger:
             return self._counts.get(reason, 0)
 
 
-def warn_once(ledger: DropLedger, reason: str, message: str) -> None:
-    """Count a visible-but-harmless anomaly and log it the first time."""
-    ledger.add(reason, warning=message)
-
-
 #: The ledger shared by what a process builds from entry points (the instrumentor's tracker and
 #: the embedded file exporters), so all their drops are exported by one instrument.
 PROCESS_LEDGER = DropLedger()

@@ -62,6 +62,25 @@ def rank_identity(env: Mapping[str, str] | None = None) -> dict[str, int]:
     return {}
 
 
+def rank_identity_or_default(rank: int = 0) -> dict[str, int]:
+    """:func:`rank_identity`, or just ``rank`` when the variables are absent or invalid.
+
+    For code that must not fail on bad variables (a tracker, a bundle name): the resource
+    detector, at the edge, is where a bad value is reported.
+    """
+    try:
+        identity = rank_identity()
+    except ConfigError:
+        identity = {}
+    identity.setdefault(names.RANK, rank)
+    return identity
+
+
+def detected_rank() -> int:
+    """This process's rank in a multi-rank job, 0 when there is none (or it is invalid)."""
+    return rank_identity_or_default()[names.RANK]
+
+
 def memspan_attributes(
     env: Mapping[str, str] | None = None, job_id: str | None = None
 ) -> dict[str, AttributeValue]:

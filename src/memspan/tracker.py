@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
 import uuid
@@ -43,6 +42,7 @@ from memspan.drops import CALLBACK_ERROR, PROTOCOL_ERROR, DropLedger
 from memspan.instruments import MemoryInstruments
 from memspan.oom.service import FlightRecorderService
 from memspan.phase_metrics import PhaseHistograms
+from memspan.resource import detected_rank
 from memspan.runtime import OpenScope, PhaseHandle, PhaseProtocolError, PhaseRecorder
 from memspan.sampling.sampler import Sampler
 from memspan.sources.base import MemorySource
@@ -63,17 +63,17 @@ _NOT_ERRORS = (GeneratorExit, StopIteration, StopAsyncIteration)
 
 
 class LivePhase:
-    """An open phase as the tracker sees it: its scope, span and entry figures."""
+    """An open phase as the tracker sees it: its scope, span, entry figures and times."""
 
-    __slots__ = ("attributes", "entry", "exit_figures", "scope", "span", "start_ns")
+    __slots__ = ("end_ns", "entry", "exit_figures", "scope", "span", "start_ns")
 
     def __init__(self, scope: OpenScope, span: trace.Span, entry: EntryFigures,
-                 start_ns: int, attributes: Mapping[str, Any]) -> None:
+                 start_ns: int) -> None:
         self.scope = scope
         self.span = span
         self.entry = entry
         self.start_ns = start_ns
-        self.attributes = attributes
+        self.end_ns = start_ns
         self.exit_figures: ExitFigures | None = None
 
 
@@ -91,15 +91,6 @@ OOMHandler = Callable[[LivePhase, BaseException], None]
 def default_sources() -> list[MemorySource]:
     """Host, cgroup, torch allocator and NVML: each degrades to nothing when absent."""
     return [HostMemorySource(), CgroupMemorySource(), TorchAllocatorSource(), NvmlSource()]
-
-
-def detect_rank(environ: Mapping[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    for variable in ("RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
-        value = env.get(variable, "").strip()
-        if value.isdigit():
-            return int(value)
-    return 0
 
 
 class Tracker:
@@ -121,7 +112,7 @@ class Tracker:
     ) -> None:
         self.config = config if config is not None else MemspanConfig()
         self.session_id = session_id or str(uuid.uuid4())
-        self.rank = detect_rank() if rank is None else rank
+        self.rank = detected_rank() if rank is None else rank
         self.ledger = ledger if ledger is not None else DropLedger()
         self._tracer = trace.get_tracer(
             names.INSTRUMENTATION_NAME, __version__, tracer_provider,
@@ -211,7 +202,6 @@ class Tracker:
         user_attributes = clean_attributes(attributes, self.ledger) if attributes else None
         entry = self._boundary.entry()
         start_ns = time.time_ns()
-        holder: list[trace.Span] = []
 
         def make_span(scope: OpenScope) -> trace.Span:
             span_attributes: dict[str, Any] = {
@@ -228,17 +218,16 @@ class Tracker:
             BoundaryReader.entry_attributes(entry, span_attributes)
             if user_attributes:
                 span_attributes.update(user_attributes)
-            span = self._tracer.start_span(
+            return self._tracer.start_span(
                 scope.name, kind=SpanKind.INTERNAL, attributes=span_attributes,
                 start_time=start_ns,
             )
-            holder.append(span)
-            return span
 
         scope = self.recorder.open_scope(
             session_id=self.session_id, rank=self.rank, name=name, make_span=make_span
         )
-        live = LivePhase(scope, holder[0], entry, start_ns, user_attributes or {})
+        assert scope.span is not None  # open_scope started it through make_span
+        live = LivePhase(scope, scope.span, entry, start_ns)
         for listener in self.listeners:
             try:
                 listener.phase_opened(live)
@@ -261,7 +250,7 @@ class Tracker:
                 if already_closed:
                     return
         span = live.span
-        end_ns = time.time_ns()
+        end_ns = live.end_ns = time.time_ns()
         try:
             self._report_exit(live, error, end_ns)
         except Exception as failure:  # telemetry must never replace the user's outcome
@@ -298,6 +287,21 @@ class Tracker:
             self.ledger.add(CALLBACK_ERROR, warning="the OOM handler raised; the OOM was not dumped")
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def prepare_final_export(self, timeout_s: float = 5.0) -> bool:
+        """Stop sampling, take one last sample and record pending phase histograms.
+
+        Call it before the providers' last flush so that export shows the end state; the
+        observable callbacks still answer until :meth:`shutdown`. True when the sampler
+        thread ended within ``timeout_s``.
+        """
+        stopped = self.sampler.shutdown(timeout_s)
+        try:
+            self.sampler.sample_once()
+        except Exception:
+            _logger.debug("memspan: final sample failed", exc_info=True)
+        self.phase_histograms.drain()
+        return stopped
+
     def shutdown(self, timeout_s: float = 5.0) -> bool:
         """Stop the sampler (joined within ``timeout_s``) and silence the instruments."""
         if self._closed:
@@ -307,11 +311,7 @@ class Tracker:
         self.phase_histograms.drain()
         self.flight_recorder.shutdown()
         self.instruments.disable()
-        for source in self.sources:
-            try:
-                source.close()
-            except Exception:
-                _logger.debug("memspan: closing %s failed", source.name, exc_info=True)
+        self.sampler.close()
         return stopped
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from memspan import names
 
@@ -52,15 +53,20 @@ def run_instrumented(script: Path, env: dict[str, str]) -> subprocess.CompletedP
                           capture_output=True, timeout=180, check=False)
 
 
-def test_auto_phases_and_metrics_reach_a_real_otlp_receiver(tmp_path: Path) -> None:
+def train_instrumented(tmp_path: Path, **extra_env: str) -> tuple[
+        subprocess.CompletedProcess[str], list[Any], set[str]]:
+    """Run the training script under opentelemetry-instrument against a real receiver."""
     script = tmp_path / "train.py"
     script.write_text(TRAINING)
     with otlp_http_receiver() as (endpoint, received):
-        result = run_instrumented(script, instrument_env(endpoint))
-        assert result.returncode == 0, result.stderr
-        assert "trained" in result.stdout
-        spans = [span for _, span in received.spans()]
-        metric_names = received.metric_names()
+        result = run_instrumented(script, instrument_env(endpoint, **extra_env))
+        return result, [span for _, span in received.spans()], received.metric_names()
+
+
+def test_auto_phases_and_metrics_reach_a_real_otlp_receiver(tmp_path: Path) -> None:
+    result, spans, metric_names = train_instrumented(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "trained" in result.stdout
     by_name: dict[str, list[object]] = {}
     for span in spans:
         by_name.setdefault(span.name, []).append(span)
@@ -77,26 +83,16 @@ def test_auto_phases_and_metrics_reach_a_real_otlp_receiver(tmp_path: Path) -> N
 
 
 def test_disabled_instrumentation_emits_nothing_from_memspan(tmp_path: Path) -> None:
-    script = tmp_path / "train.py"
-    script.write_text(TRAINING)
-    with otlp_http_receiver() as (endpoint, received):
-        env = instrument_env(endpoint, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="memspan")
-        result = run_instrumented(script, env)
-        assert result.returncode == 0, result.stderr
-        spans = received.spans()
-        metric_names = received.metric_names()
-    assert not [s for _, s in spans if s.name in {"forward", "backward", "optimizer.step"}]
+    result, spans, metric_names = train_instrumented(
+        tmp_path, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="memspan")
+    assert result.returncode == 0, result.stderr
+    assert not [s for s in spans if s.name in {"forward", "backward", "optimizer.step"}]
     assert not {n for n in metric_names if n.startswith("memspan.") or n == "process.memory.usage"}
 
 
 def test_bad_configuration_disables_memspan_but_the_program_runs(tmp_path: Path) -> None:
-    script = tmp_path / "train.py"
-    script.write_text(TRAINING)
-    with otlp_http_receiver() as (endpoint, received):
-        env = instrument_env(endpoint, MEMSPAN_SAMPLE_INTERVAL="often")
-        result = run_instrumented(script, env)
-        spans = received.spans()
+    result, spans, _ = train_instrumented(tmp_path, MEMSPAN_SAMPLE_INTERVAL="often")
     assert result.returncode == 0
     assert "trained" in result.stdout
     assert "MEMSPAN_SAMPLE_INTERVAL='often' is not a number" in result.stderr
-    assert not [s for _, s in spans if s.name == "forward"]
+    assert not [s for s in spans if s.name == "forward"]

@@ -15,6 +15,3 @@ class EventType(str, Enum):
     OOM = "oom"
     USER = "user"
 
-
-#: Events that explain an OOM and must survive a flood of samples.
-RARE_TYPES = frozenset(t.value for t in EventType if t is not EventType.SAMPLE)

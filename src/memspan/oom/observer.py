@@ -51,6 +51,7 @@ class AllocatorObserver:
         self._attach = attach
         self._snapshot = snapshot
         self._attached = False
+        self._unavailable = False
         self._lock = threading.Lock()
         self.latest: ObservedOOM | None = None
         self.calls = 0
@@ -72,10 +73,15 @@ class AllocatorObserver:
         """Attach the dispatcher if possible; cheap to call repeatedly."""
         if self._attached:
             return True
+        if self._unavailable:
+            return False
         attach = self._attach
         if attach is None:
             attach = _real_attach()
             if attach is None:
+                return False
+            if attach is _MISSING:  # this torch build has no observer hook: stop asking
+                self._unavailable = True
                 return False
         with self._lock:
             if self._attached:
@@ -84,7 +90,7 @@ class AllocatorObserver:
                 attach(self._dispatch)
             except Exception as error:
                 _logger.info("memspan: allocator OOM observer not attached: %s", error)
-                self._attach = lambda _callback: None
+                self._unavailable = True
                 return False
             self._attached = True
         return True
@@ -126,14 +132,22 @@ class AllocatorObserver:
         return latest
 
 
+def _missing_hook(_callback: Callable[[int, int, int, int], None]) -> None:
+    """Stands for the attach function of a torch build that has none."""
+
+
+_MISSING: AttachFunction = _missing_hook
+
+
 def _real_attach() -> AttachFunction | None:
+    """torch's attach function; None before CUDA is initialised, _MISSING if torch has none."""
     import sys
 
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return None
-    attach = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
-    return attach
+    attach: AttachFunction | None = getattr(torch._C, "_cuda_attach_out_of_memory_observer", None)
+    return attach if attach is not None else _MISSING
 
 
 def _real_snapshot() -> Any:

@@ -20,8 +20,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from memspan.drops import EVENT_TRUNCATED, RING_OVERFLOW, DropLedger
+from memspan.oom.events import EventType
 
 _STRING_CUT = 1024
+_SAMPLE = EventType.SAMPLE.value
 
 
 def estimate_size(value: Any, depth: int = 0) -> int:
@@ -95,11 +97,6 @@ class EventRing:
         self.ledger = ledger if ledger is not None else DropLedger()
         self._lock = threading.Lock()
         self._sequence = 0
-        self.dropped = 0
-
-    @property
-    def capacity(self) -> int:
-        return self._samples.max_events + self._rare.max_events
 
     def record(self, event: Mapping[str, Any]) -> None:
         """Record a copy of ``event`` (the caller may reuse its dict)."""
@@ -111,7 +108,7 @@ class EventRing:
         size = estimate_size(payload)
         if size > self.max_event_bytes:
             payload, size = self._shrink(event)
-        budget = self._samples if payload.get("type") == "sample" else self._rare
+        budget = self._samples if payload.get("type") == _SAMPLE else self._rare
         entry_time = time.time()
         with self._lock:
             self._sequence += 1
@@ -126,7 +123,6 @@ class EventRing:
             ):
                 budget.bytes -= events.popleft()[3]
                 evicted += 1
-            self.dropped += evicted
         self.ledger.add(RING_OVERFLOW, evicted)
 
     def _shrink(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], int]:

@@ -37,7 +37,7 @@ from memspan.oom.classify import OOMExceptionClassification, classify_oom_except
 from memspan.oom.events import EventType
 from memspan.oom.observer import AllocatorObserver, ObservedOOM, process_observer
 from memspan.oom.recorder import DumpRequest, DumpResult, OOMFlightRecorder, OOMFlightRecorderConfig
-from memspan.resource import rank_identity
+from memspan.resource import rank_identity_or_default
 from memspan.runtime import OpenScope
 from memspan.sampling.sampler import CounterIncrease
 from memspan.sources.base import Reading
@@ -98,7 +98,7 @@ class FlightRecorderService:
             OOMFlightRecorderConfig(enabled=config.oom_enabled, dump_dir=config.dump_dir,
                                     buffer_size=config.buffer_size, max_dumps=config.max_dumps,
                                     max_total_mb=config.max_total_mb),
-            rank_identity=_safe_rank_identity(tracker.rank),
+            rank_identity=rank_identity_or_default(tracker.rank),
             ledger=tracker.ledger,
             memory_provider=self.memory_snapshot,
         )
@@ -143,7 +143,7 @@ class FlightRecorderService:
     def phase_closed(self, phase: LivePhase, error: BaseException | None) -> None:
         event: dict[str, Any] = {"type": EventType.PHASE_END.value,
                                  "path": phase.scope.path_text, "scope_id": phase.scope.scope_id,
-                                 "duration_s": (time.time_ns() - phase.start_ns) / 1e9}
+                                 "duration_s": (phase.end_ns - phase.start_ns) / 1e9}
         if phase.exit_figures is not None:
             attributes = phase.exit_figures.attributes
             for key, short in ((names.RSS_END, "rss"), (names.RSS_PEAK, "rss_peak"),
@@ -381,15 +381,6 @@ def _backend(c: OOMExceptionClassification) -> str:
     if c.device:
         return c.device.split(":", 1)[0]
     return "cuda" if c.kind == "device_oom" else "unknown"
-
-
-def _safe_rank_identity(rank: int) -> dict[str, int]:
-    try:
-        identity = rank_identity()
-    except ValueError:
-        identity = {}
-    identity.setdefault(names.RANK, rank)
-    return identity
 
 
 @contextmanager

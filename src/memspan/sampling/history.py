@@ -46,8 +46,3 @@ class MaxHistory:
         with self._lock:
             index = bisect_right(self._ticks, tick)
             return self._values[index] if index < len(self._values) else None
-
-    def reset(self) -> None:
-        with self._lock:
-            self._ticks.clear()
-            self._values.clear()

@@ -101,12 +101,6 @@ class Sampler:
     def sources(self) -> list[MemorySource]:
         return [slot.source for slot in self._slots]
 
-    def source(self, name: str) -> MemorySource | None:
-        for slot in self._slots:
-            if slot.source.name == name:
-                return slot.source
-        return None
-
     def degraded_sources(self) -> list[str]:
         return [slot.source.name for slot in self._slots if slot.degraded]
 
@@ -153,6 +147,7 @@ class Sampler:
         return True
 
     def close(self) -> None:
+        """Stop the thread and release every source's handles (idempotent)."""
         self.shutdown()
         for slot in self._slots:
             try:

@@ -68,8 +68,3 @@ class SamplerState:
         """Every series' latest value: (metric, attributes, value)."""
         with self._lock:
             return [(metric, attrs, value) for (metric, attrs), value in self._latest.items()]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._latest.clear()
-            self._window.clear()
