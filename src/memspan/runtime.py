@@ -87,6 +87,7 @@ class OpenScope:
     """One open phase. Owned by the recorder; callers hold it only through handles."""
 
     __slots__ = (
+        "attributes",
         "closed",
         "context",
         "context_token",
@@ -131,6 +132,8 @@ class OpenScope:
         self.thread = threading.current_thread()
         self.thread_id = self.thread.ident or 0
         self.closed = False
+        #: the phase's user attributes, already cleaned to OTel types (empty when none)
+        self.attributes: Mapping[str, Any] = {}
         self.context_token: Token[Context] | None = None
         self.context: Context | None = None
         self.span: trace.Span | None = None

@@ -204,6 +204,8 @@ class Tracker:
         start_ns = time.time_ns()
 
         def make_span(scope: OpenScope) -> trace.Span:
+            if user_attributes:
+                scope.attributes = user_attributes
             span_attributes: dict[str, Any] = {
                 names.PHASE_NAME: scope.name,
                 names.PHASE_PATH: scope.path_text,
