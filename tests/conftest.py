@@ -29,6 +29,7 @@ class Telemetry:
     tracer_provider: TracerProvider
 
     def finished(self) -> list[ReadableSpan]:
+        self.tracker.flush()  # phase spans are built off the caller's thread, in batches
         return list(self.spans.get_finished_spans())
 
     def span(self, name: str) -> ReadableSpan:
@@ -37,6 +38,7 @@ class Telemetry:
         return matches[0]
 
     def metrics(self) -> dict[str, Any]:
+        self.tracker.flush()
         data: MetricsData | None = self.reader.get_metrics_data()
         out: dict[str, Any] = {}
         if data is None:

@@ -54,14 +54,48 @@ class EntryFigures:
 
 
 class ExitFigures:
-    """What a phase reports when it closes: span attributes and the histogram inputs."""
+    """What a phase measured when it closed, as typed fields (``None``: not measured).
 
-    __slots__ = ("attributes", "device", "primary_peak")
+    ``primary_*`` is the allocator figure on a device and RSS on a host: the one the phase
+    histograms, retained bytes and the leak verdicts use.
+    """
 
-    def __init__(self, attributes: dict[str, Any], device: str, primary_peak: int | None) -> None:
-        self.attributes = attributes
+    __slots__ = ("allocated_end", "allocated_peak", "device", "peak_exact", "primary_end",
+                 "primary_peak", "primary_start", "reserved_end", "reserved_peak", "retained",
+                 "rss_end", "rss_peak")
+
+    def __init__(self, device: str) -> None:
         self.device = device
-        self.primary_peak = primary_peak
+        self.rss_end: int | None = None
+        self.rss_peak: int | None = None
+        self.allocated_end: int | None = None
+        self.allocated_peak: int | None = None
+        self.reserved_end: int | None = None
+        self.reserved_peak: int | None = None
+        self.peak_exact: bool | None = None
+        self.retained: int | None = None
+        self.primary_start: int | None = None
+        self.primary_end: int | None = None
+        self.primary_peak: int | None = None
+
+    def add_attributes(self, attributes: dict[str, Any]) -> None:
+        """Add the ``.end``/``.peak`` figures, ``peak_exact`` and ``retained`` to a span's."""
+        for key, value in ((names.RSS_END, self.rss_end), (names.RSS_PEAK, self.rss_peak),
+                           (names.ALLOCATED_END, self.allocated_end),
+                           (names.ALLOCATED_PEAK, self.allocated_peak),
+                           (names.RESERVED_END, self.reserved_end),
+                           (names.RESERVED_PEAK, self.reserved_peak),
+                           (names.PEAK_EXACT, self.peak_exact),
+                           (names.RETAINED, self.retained)):
+            if value is not None:
+                attributes[key] = value
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """The exit attributes as a new dict (for readers that want them by name)."""
+        out: dict[str, Any] = {}
+        self.add_attributes(out)
+        return out
 
 
 def phase_peak(
@@ -155,7 +189,6 @@ class BoundaryReader:
             attributes[names.MEMORY_DEVICE] = "host"
 
     def exit(self, start: EntryFigures) -> ExitFigures:
-        attributes: dict[str, Any] = {}
         rss = maxrss = None
         if self._host is not None:
             try:
@@ -166,10 +199,6 @@ class BoundaryReader:
         rss_peak, rss_exact = phase_peak(
             start.rss, rss, start.maxrss, maxrss, self._rss_history, start.rss_tick
         )
-        if rss is not None:
-            attributes[names.RSS_END] = rss
-        if rss_peak is not None:
-            attributes[names.RSS_PEAK] = rss_peak
         begin = start.allocator
         end = None
         if begin is not None and self._torch is not None:
@@ -178,24 +207,27 @@ class BoundaryReader:
             except Exception as error:
                 self._failed("the torch allocator", error)
         if begin is not None and end is not None:
-            alloc_peak, alloc_exact = phase_peak(
+            figures = ExitFigures(begin.device)
+            figures.rss_end, figures.rss_peak = rss, rss_peak
+            alloc_peak, figures.peak_exact = phase_peak(
                 begin.allocated, end.allocated, begin.allocated_peak, end.allocated_peak,
                 start.allocated_history, start.allocated_tick,
             )
-            reserved_peak, _ = phase_peak(
+            figures.reserved_peak, _ = phase_peak(
                 begin.reserved, end.reserved, begin.reserved_peak, end.reserved_peak,
                 start.reserved_history, start.reserved_tick,
             )
-            attributes[names.ALLOCATED_END] = end.allocated
-            attributes[names.RESERVED_END] = end.reserved
-            if alloc_peak is not None:
-                attributes[names.ALLOCATED_PEAK] = alloc_peak
-            if reserved_peak is not None:
-                attributes[names.RESERVED_PEAK] = reserved_peak
-            attributes[names.PEAK_EXACT] = alloc_exact
-            attributes[names.RETAINED] = end.allocated - begin.allocated
-            return ExitFigures(attributes, begin.device, alloc_peak)
+            figures.allocated_end, figures.allocated_peak = end.allocated, alloc_peak
+            figures.reserved_end = end.reserved
+            figures.retained = end.allocated - begin.allocated
+            figures.primary_start, figures.primary_end = begin.allocated, end.allocated
+            figures.primary_peak = alloc_peak
+            return figures
+        figures = ExitFigures("host")
+        figures.rss_end, figures.rss_peak = rss, rss_peak
+        figures.primary_peak = rss_peak
         if rss_peak is not None and start.rss is not None and rss is not None:
-            attributes[names.PEAK_EXACT] = rss_exact
-            attributes[names.RETAINED] = rss - start.rss
-        return ExitFigures(attributes, "host", rss_peak)
+            figures.peak_exact = rss_exact
+            figures.retained = rss - start.rss
+            figures.primary_start, figures.primary_end = start.rss, rss
+        return figures

@@ -20,6 +20,7 @@ class ConfigError(ValueError):
     """A configuration value was not acceptable; the message names it."""
 
 
+_SPAN_MODES = ("deferred", "sync", "sdk")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -44,11 +45,25 @@ class MemspanConfig:
     rss_metric: bool = True
     reports_dir: str = ".memory_audits"
     job_id: str | None = None
+    span_mode: str = "deferred"
+    trace_roots: str = "step"
+    step_keep_every: int = 1
+    step_keep_first: int = 10
+    step_keep_retained_mb: float = 64.0
+    step_peak_increase_mb: float = 1.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             spec = _SPECS[field.name]
             spec.check(getattr(self, field.name), field.name)
+        if self.span_mode not in _SPAN_MODES:
+            raise ConfigError(f"span_mode={self.span_mode!r} ({ev.MEMSPAN_SPAN_MODE}) is not "
+                              f"accepted; accepted: {', '.join(_SPAN_MODES)}")
+
+    @property
+    def trace_root_names(self) -> frozenset[str]:
+        """The phase names that start a trace (``trace_roots``, comma-separated)."""
+        return frozenset(name.strip() for name in self.trace_roots.split(",") if name.strip())
 
     @classmethod
     def from_env(
@@ -158,4 +173,10 @@ _SPECS: dict[str, _Spec] = {
     "rss_metric": _Spec(ev.MEMSPAN_RSS_METRIC, "bool"),
     "reports_dir": _Spec(ev.MEMSPAN_REPORTS_DIR, "path"),
     "job_id": _Spec(ev.MEMSPAN_JOB_ID, "text"),
+    "span_mode": _Spec(ev.MEMSPAN_SPAN_MODE, "text"),
+    "trace_roots": _Spec(ev.MEMSPAN_TRACE_ROOTS, "text"),
+    "step_keep_every": _Spec(ev.MEMSPAN_STEP_KEEP_EVERY, "int", 1),
+    "step_keep_first": _Spec(ev.MEMSPAN_STEP_KEEP_FIRST, "int", 0),
+    "step_keep_retained_mb": _Spec(ev.MEMSPAN_STEP_KEEP_RETAINED_MB, "mb", 0.0),
+    "step_peak_increase_mb": _Spec(ev.MEMSPAN_STEP_PEAK_INCREASE_MB, "mb", 0.0),
 }

@@ -26,6 +26,10 @@ DUMP_RATE_LIMITED: Final = "dump_rate_limited"
 CALLBACK_ERROR: Final = "callback_error"
 ATTRIBUTE_STRINGIFIED: Final = "attribute_stringified"
 PROTOCOL_ERROR: Final = "protocol_error"
+PHASE_MISNESTED: Final = "phase_misnested"
+PHASE_BUFFER_FULL: Final = "phase_buffer_full"
+PHASE_PATH_TRUNCATED: Final = "phase_path_truncated"
+STEP_BUFFER_FULL: Final = "step_buffer_full"
 
 
 class DropLedger:

@@ -58,3 +58,29 @@ MEMSPAN_REPORTS_DIR = "MEMSPAN_REPORTS_DIR"
 MEMSPAN_JOB_ID = "MEMSPAN_JOB_ID"
 """Job id for the ``memspan.job.id`` resource attribute (else TORCHELASTIC_RUN_ID or
 SLURM_JOB_ID)."""
+
+MEMSPAN_SPAN_MODE = "MEMSPAN_SPAN_MODE"
+"""How phase spans reach the provider: ``deferred`` (built off the caller's thread in
+batches, the default), ``sync`` (built at the phase's exit on the caller's thread) or ``sdk``
+(ordinary SDK spans; chosen automatically when the provider is not the SDK's or a span
+processor does work in ``on_start``)."""
+
+MEMSPAN_TRACE_ROOTS = "MEMSPAN_TRACE_ROOTS"
+"""Comma-separated phase names that start a new trace (one trace per step), linked to the
+enclosing phase. Default ``step``; empty: no phase starts a trace by name."""
+
+MEMSPAN_STEP_KEEP_EVERY = "MEMSPAN_STEP_KEEP_EVERY"
+"""Step sampling: keep one step trace in N of those with nothing worth seeing (steps with an
+error, an OOM, a new peak, memory growth or other instrumentations' spans are always kept).
+Integer >= 1; default ``1`` (keep every step)."""
+
+MEMSPAN_STEP_KEEP_FIRST = "MEMSPAN_STEP_KEEP_FIRST"
+"""Step sampling: the first N steps of a session are always kept. Integer >= 0; default ``10``."""
+
+MEMSPAN_STEP_KEEP_RETAINED_MB = "MEMSPAN_STEP_KEEP_RETAINED_MB"
+"""Step sampling: a step whose root phase retained more than this many MiB is kept.
+Default ``64``."""
+
+MEMSPAN_STEP_PEAK_INCREASE_MB = "MEMSPAN_STEP_PEAK_INCREASE_MB"
+"""Step sampling: a step is kept when one of its phase paths beats its previous peak by more
+than this many MiB. Default ``1``."""

@@ -1,65 +1,80 @@
-"""The two phase histograms, recorded off the hot path.
+"""The two phase histograms, recorded by the export worker in batches.
 
-A phase exit appends one small tuple to a bounded buffer; the buffer is drained into
-``memspan.phase.duration`` and ``memspan.phase.memory.peak`` by the sampler thread (every
-tick), by metric collection (before the histograms are read), and at shutdown. Each record
-passes the phase span's context, so exemplars still carry that span's trace and span ids;
-only the exemplar's timestamp is the drain time (at most one sampler tick later).
+``memspan.phase.duration`` (by path) and ``memspan.phase.memory.peak`` (by path and device)
+get one record per phase, whatever the step sampler decided. Exemplars are offered only for
+the last record of each series and bucket in a batch, and only when that phase's span is
+exported and sampled: the SDK's default reservoir keeps one exemplar per bucket (the last
+offered), so this keeps what the reservoir would have kept and never links to a span that
+does not exist. Other records pass an empty context, which the trace-based exemplar filter
+rejects at once.
 
-Invariant: bounded without loss. When the buffer holds ``max_pending`` records, the phase
-exit that finds it full drains it itself.
+Invariant: every record handed to :meth:`PhaseHistograms.record_batch` is recorded exactly once.
+The attribute dicts are cached per series (bounded; the cache is cleared when full, which
+costs only allocations).
 """
 
 from __future__ import annotations
 
-import threading
-from collections import deque
+from bisect import bisect_left
+from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import Histogram
+from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from memspan import names
 
-Pending = tuple[float, int | None, str, str, Context | None]
+BYTE_BUCKETS = tuple(float(1 << k) for k in range(20, 41))  # 1 MiB .. 1 TiB
+SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                  10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+_EMPTY = Context()
+_MAX_SERIES = 10_000
+
+#: (duration in s, primary peak in bytes or None, path, device, span context to link or None)
+PhaseSample = tuple[float, "int | None", str, str, "SpanContext | None"]
 
 
 class PhaseHistograms:
-    def __init__(self, duration: Histogram, peak: Histogram, max_pending: int = 4096) -> None:
+    def __init__(self, duration: Histogram, peak: Histogram) -> None:
         self._duration = duration
         self._peak = peak
-        self.max_pending = max_pending
-        self._pending: deque[Pending] = deque()
-        self._drain_lock = threading.Lock()
         self._attributes: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
 
-    def add(self, duration_s: float, peak: int | None, path: str, device: str,
-            context: Context | None) -> None:
-        self._pending.append((duration_s, peak, path, device, context))
-        if len(self._pending) >= self.max_pending:
-            self.drain()
+    def _series(self, path: str, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        attributes = self._attributes.get((path, device))
+        if attributes is None:
+            if len(self._attributes) >= _MAX_SERIES:
+                self._attributes.clear()
+            attributes = ({names.PHASE_PATH: path},
+                          {names.PHASE_PATH: path, names.MEMORY_DEVICE: device})
+            self._attributes[(path, device)] = attributes
+        return attributes
 
-    def drain(self) -> int:
-        """Record everything pending; returns how many phases were recorded."""
-        if not self._pending:
-            return 0
-        with self._drain_lock:
-            count = 0
-            pending = self._pending
-            while pending:
-                try:
-                    duration_s, peak, path, device, context = pending.popleft()
-                except IndexError:
-                    break
-                attributes = self._attributes.get((path, device))
-                if attributes is None:
-                    if len(self._attributes) > 10_000:
-                        self._attributes.clear()
-                    attributes = ({names.PHASE_PATH: path},
-                                  {names.PHASE_PATH: path, names.MEMORY_DEVICE: device})
-                    self._attributes[(path, device)] = attributes
-                self._duration.record(duration_s, attributes[0], context=context)
-                if peak is not None:
-                    self._peak.record(peak, attributes[1], context=context)
-                count += 1
-            return count
+    def record_batch(self, samples: Sequence[PhaseSample]) -> None:
+        """Record every sample; exemplar contexts for the last one per series and bucket."""
+        offered: set[tuple[Any, ...]] = set()
+        for duration_s, peak, path, device, span_context in reversed(samples):
+            by_path, by_device = self._series(path, device)
+            context = _EMPTY
+            if span_context is not None:
+                key = (path, bisect_left(SECOND_BUCKETS, duration_s))
+                if key not in offered:
+                    offered.add(key)
+                    context = _link(span_context)
+            self._duration.record(duration_s, by_path, context=context)
+            if peak is None:
+                continue
+            peak_context = _EMPTY
+            if span_context is not None:
+                key = (path, device, bisect_left(BYTE_BUCKETS, peak))
+                if key not in offered:
+                    offered.add(key)
+                    peak_context = context if context is not _EMPTY else _link(span_context)
+            self._peak.record(peak, by_device, context=peak_context)
+
+
+def _link(span_context: SpanContext) -> Context:
+    return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY)

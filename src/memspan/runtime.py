@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.context import Context
 
 from memspan.names import PATH_SEPARATOR
@@ -89,12 +88,10 @@ class OpenScope:
     __slots__ = (
         "attributes",
         "closed",
-        "context",
         "context_token",
         "depth",
         "generation",
         "name",
-        "outer_span",
         "parent",
         "path",
         "path_text",
@@ -102,7 +99,6 @@ class OpenScope:
         "scope_id",
         "sequence",
         "session_id",
-        "span",
         "thread",
         "thread_id",
     )
@@ -135,9 +131,6 @@ class OpenScope:
         #: the phase's user attributes, already cleaned to OTel types (empty when none)
         self.attributes: Mapping[str, Any] = {}
         self.context_token: Token[Context] | None = None
-        self.context: Context | None = None
-        self.span: trace.Span | None = None
-        self.outer_span: trace.Span | None = None
 
     def token(self) -> PhaseToken:
         return PhaseToken(self.scope_id, self.session_id, self.rank, self.thread_id, self.name)
@@ -224,19 +217,8 @@ class PhaseRecorder:
             return scope
         return None
 
-    def open_scope(
-        self,
-        *,
-        session_id: str,
-        rank: int,
-        name: str,
-        make_span: Callable[[OpenScope], trace.Span] | None = None,
-    ) -> OpenScope:
-        """Open a phase and make it current; ``make_span`` starts its span first.
-
-        The span (when given) becomes the current span in the same context switch, so other
-        instrumentations' spans nest under the phase and the phase costs one attach.
-        """
+    def open_scope(self, *, session_id: str, rank: int, name: str) -> OpenScope:
+        """Open a phase and make it the innermost one of the current context."""
         trimmed = validate_phase_name(name)
         parent = self.current()
         if parent is not None and parent.depth >= MAX_DEPTH:
@@ -256,13 +238,7 @@ class PhaseRecorder:
             parent=parent,
             generation=self._generation,
         )
-        ctx = otel_context.set_value(self._key, scope)
-        if make_span is not None:
-            scope.outer_span = trace.get_current_span()
-            scope.span = make_span(scope)
-            ctx = trace.set_span_in_context(scope.span, ctx)
-        scope.context = ctx
-        scope.context_token = otel_context.attach(ctx)
+        scope.context_token = otel_context.attach(otel_context.set_value(self._key, scope))
         with self._lock:
             if len(self._open) >= _MAX_TRACKED_SCOPES:
                 self._forget_dead_threads()

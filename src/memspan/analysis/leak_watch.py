@@ -16,46 +16,37 @@ from typing import TYPE_CHECKING
 from memspan import names
 from memspan.analysis.thresholds import LeakThresholds
 from memspan.analysis.verdicts import LEAKING, RunSeries, verdict_for
+from memspan.drops import DropLedger
 
 if TYPE_CHECKING:
-    from memspan.tracker import LivePhase, Tracker
+    from memspan.phase_span import PhaseSpan
 
 LEAK_WATCH_PATHS = "leak_watch_paths"
 
 
 class LeakWatcher:
-    def __init__(self, tracker: Tracker, thresholds: LeakThresholds,
+    """Listens to finished phases on the export worker (before their spans are built)."""
+
+    def __init__(self, ledger: DropLedger, thresholds: LeakThresholds,
                  max_paths: int = 1024) -> None:
-        self._tracker = tracker
+        self._ledger = ledger
         self.thresholds = thresholds
         self.max_paths = max_paths
         self.series: dict[str, RunSeries] = {}
         self.flagged: set[str] = set()
 
-    def phase_opened(self, phase: LivePhase) -> None:
-        """Nothing to do on entry."""
-
-    def phase_closed(self, phase: LivePhase, error: BaseException | None) -> None:
-        figures = phase.exit_figures
-        if figures is None:
+    def phase_ended(self, phase: PhaseSpan) -> None:
+        figures = phase.exit
+        if figures is None or figures.primary_start is None or figures.primary_end is None:
             return
-        entry = phase.entry
-        if entry.allocator is not None:
-            start: int | None = entry.allocator.allocated
-            end = figures.attributes.get(names.ALLOCATED_END)
-        else:
-            start = entry.rss
-            end = figures.attributes.get(names.RSS_END)
-        if start is None or end is None:
-            return
-        path = phase.scope.path_text
+        path = phase.path_text
         series = self.series.get(path)
         if series is None:
             if len(self.series) >= self.max_paths:
-                self._tracker.ledger.add(LEAK_WATCH_PATHS)
+                self._ledger.add(LEAK_WATCH_PATHS)
                 return
             series = self.series[path] = RunSeries()
-        series.add(start, int(end))
+        series.add(figures.primary_start, figures.primary_end)
         if series.n < self.thresholds.min_runs or path in self.flagged:
             return
         slope, _ = series.fit()
@@ -64,7 +55,7 @@ class LeakWatcher:
         verdict = verdict_for(series, self.thresholds)
         if verdict.verdict == LEAKING:
             self.flagged.add(path)
-            phase.span.add_event(names.LEAK_EVENT, {
+            phase.add_late_event(names.LEAK_EVENT, {
                 names.LEAK_SLOPE: verdict.slope_bytes_per_run,
                 names.LEAK_RUNS: verdict.runs,
                 names.PHASE_PATH: path,

@@ -1,4 +1,4 @@
-"""Connects a tracker to its flight recorder: ring events in, OOM evidence out.
+"""Connects a session to its flight recorder: ring events in, OOM evidence out.
 
 Feeds the ring with phase boundaries, samples (at most one per ``sample_every_s``) and
 allocator/cgroup counter increases; writes breadcrumbs when enabled; and answers an OOM
@@ -23,15 +23,17 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
+from opentelemetry.metrics import Counter
 
 from memspan import names
-from memspan.drops import CALLBACK_ERROR
+from memspan.config import MemspanConfig
+from memspan.drops import CALLBACK_ERROR, DropLedger
 from memspan.oom.breadcrumbs import BreadcrumbWriter, breadcrumb_path
 from memspan.oom.classify import OOMExceptionClassification, classify_oom_exception
 from memspan.oom.events import EventType
@@ -39,11 +41,12 @@ from memspan.oom.observer import AllocatorObserver, ObservedOOM, process_observe
 from memspan.oom.recorder import DumpRequest, DumpResult, OOMFlightRecorder, OOMFlightRecorderConfig
 from memspan.resource import rank_identity_or_default
 from memspan.runtime import OpenScope
-from memspan.sampling.sampler import CounterIncrease
-from memspan.sources.base import Reading
+from memspan.sampling.sampler import CounterIncrease, Sampler
+from memspan.sources.base import MemorySource, Reading
+from memspan.sources.torch_allocator import TorchAllocatorSource
 
 if TYPE_CHECKING:
-    from memspan.tracker import LivePhase, Tracker
+    from memspan.phase_span import PhaseSpan
 
 _logger = logging.getLogger(__name__)
 _HANDLED = "__memspan_oom_handled__"
@@ -88,18 +91,47 @@ def phase_stack(scope: OpenScope | None) -> list[dict[str, Any]]:
 
 
 class FlightRecorderService:
-    """The tracker's flight recorder, its breadcrumbs, and its OOM responses."""
+    """A session's flight recorder, its breadcrumbs, and its OOM responses.
 
-    def __init__(self, tracker: Tracker, observer: AllocatorObserver | None = None,
-                 sample_every_s: float = 1.0) -> None:
-        config = tracker.config
-        self.tracker = tracker
+    It is given only what it uses: the session's settings and identity, the sampler and
+    sources (for samples and the memory snapshot), the OOM counter, and two callables: the
+    innermost open phase, and a drain that delivers finished phases (so the ring holds the
+    latest phase boundaries before a dump). The tracker wires it in: its :meth:`phase_ended`
+    listens to finished phases on the export worker, :meth:`on_phase_error` answers errors
+    leaving a phase on the caller's thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: MemspanConfig,
+        rank: int,
+        session_id: str,
+        ledger: DropLedger,
+        sampler: Sampler,
+        sources: Sequence[MemorySource],
+        torch_source: TorchAllocatorSource | None,
+        oom_counter: Counter,
+        current_phase: Callable[[], OpenScope | None],
+        drain: Callable[[], object],
+        observer: AllocatorObserver | None = None,
+        sample_every_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.session_id = session_id
+        self.ledger = ledger
+        self.sampler = sampler
+        self.sources = list(sources)
+        self.torch_source = torch_source
+        self.oom_counter = oom_counter
+        self._current_phase = current_phase
+        self._drain = drain
         self.recorder = OOMFlightRecorder(
             OOMFlightRecorderConfig(enabled=config.oom_enabled, dump_dir=config.dump_dir,
                                     buffer_size=config.buffer_size, max_dumps=config.max_dumps,
                                     max_total_mb=config.max_total_mb),
-            rank_identity=rank_identity_or_default(tracker.rank),
-            ledger=tracker.ledger,
+            rank_identity=rank_identity_or_default(rank),
+            ledger=ledger,
             memory_provider=self.memory_snapshot,
         )
         self.observer = observer if observer is not None else process_observer()
@@ -110,51 +142,48 @@ class FlightRecorderService:
         self.breadcrumbs: BreadcrumbWriter | None = None
         if config.breadcrumbs:
             self.breadcrumbs = BreadcrumbWriter(
-                breadcrumb_path(config.dump_dir, tracker.rank, os.getpid()),
+                breadcrumb_path(config.dump_dir, rank, os.getpid()),
                 self.recorder.ring,
-                {"pid": os.getpid(), "rank": tracker.rank, "session_id": tracker.session_id,
+                {"pid": os.getpid(), "rank": rank, "session_id": session_id,
                  "started_at": time.time(), "dump_dir": os.path.abspath(config.dump_dir)},
-                ledger=tracker.ledger,
+                ledger=ledger,
             )
-        tracker.listeners.append(self)
-        tracker.oom_handler = self.on_phase_error
-        tracker.sampler.add_listener(self.on_sample)
+        sampler.add_listener(self.on_sample)
         self.observer.add_listener(self.on_observed)
         self._previous_excepthook: Any = None
         self._previous_threading_hook: Any = None
         self._closed = False
 
     # -- ring feeding ------------------------------------------------------------------------
-    def phase_opened(self, phase: LivePhase) -> None:
+    def phase_ended(self, phase: PhaseSpan) -> None:
+        """Both boundaries of a finished phase, with their own times (export worker)."""
         entry = phase.entry
-        event: dict[str, Any] = {"type": EventType.PHASE_START.value,
-                                 "path": phase.scope.path_text, "scope_id": phase.scope.scope_id}
-        if entry.rss is not None:
-            event["rss"] = entry.rss
-        if entry.allocator is not None:
-            event["device"] = entry.allocator.device
-            event["allocated"] = entry.allocator.allocated
-            event["reserved"] = entry.allocator.reserved
-            self._ensure_observer()
-        self.recorder.ring.record_owned(event)
-        if self.breadcrumbs is not None:
-            self.breadcrumbs.flush()
-
-    def phase_closed(self, phase: LivePhase, error: BaseException | None) -> None:
-        event: dict[str, Any] = {"type": EventType.PHASE_END.value,
-                                 "path": phase.scope.path_text, "scope_id": phase.scope.scope_id,
-                                 "duration_s": (phase.end_ns - phase.start_ns) / 1e9}
-        if phase.exit_figures is not None:
-            attributes = phase.exit_figures.attributes
-            for key, short in ((names.RSS_END, "rss"), (names.RSS_PEAK, "rss_peak"),
-                               (names.ALLOCATED_END, "allocated"),
-                               (names.ALLOCATED_PEAK, "allocated_peak"),
-                               (names.RETAINED, "retained")):
-                if key in attributes:
-                    event[short] = attributes[key]
-        if error is not None:
-            event["error"] = type(error).__name__
-        self.recorder.ring.record_owned(event)
+        start: dict[str, Any] = {"type": EventType.PHASE_START.value, "path": phase.path_text,
+                                 "scope_id": phase.scope_id, "t": phase.start_ns / 1e9}
+        if entry is not None:
+            if entry.rss is not None:
+                start["rss"] = entry.rss
+            if entry.allocator is not None:
+                start["device"] = entry.allocator.device
+                start["allocated"] = entry.allocator.allocated
+                start["reserved"] = entry.allocator.reserved
+                self._ensure_observer()
+        ring = self.recorder.ring
+        ring.record_owned(start)
+        end: dict[str, Any] = {"type": EventType.PHASE_END.value, "path": phase.path_text,
+                               "scope_id": phase.scope_id, "t": phase.end_ns / 1e9,
+                               "duration_s": (phase.end_ns - phase.start_ns) / 1e9}
+        figures = phase.exit
+        if figures is not None:
+            for short, value in (("rss", figures.rss_end), ("rss_peak", figures.rss_peak),
+                                 ("allocated", figures.allocated_end),
+                                 ("allocated_peak", figures.allocated_peak),
+                                 ("retained", figures.retained)):
+                if value is not None:
+                    end[short] = value
+        if phase.error is not None:
+            end["error"] = phase.error
+        ring.record_owned(end)
         if self.breadcrumbs is not None:
             self.breadcrumbs.flush()
 
@@ -177,7 +206,7 @@ class FlightRecorderService:
                     reading.attributes).get(names.HW_ID)
                 values[f"{key}[{device}]" if device else key] = reading.value
             self.recorder.record_event({"type": EventType.SAMPLE.value, "values": values})
-            if self.tracker.torch_source is not None and self.tracker.torch_source.initialized():
+            if self.torch_source is not None and self.torch_source.initialized():
                 self._ensure_observer()
         if self.breadcrumbs is not None:
             self.breadcrumbs.flush()
@@ -195,7 +224,7 @@ class FlightRecorderService:
     def _ensure_observer(self) -> None:
         if self.observer.attached:
             return
-        if self.observer.ensure_attached() and self.tracker.config.cuda_history:
+        if self.observer.ensure_attached() and self.config.cuda_history:
             self._start_history()
 
     def _start_history(self) -> None:
@@ -221,13 +250,15 @@ class FlightRecorderService:
         mark_handled(error)
         return classification
 
-    def on_phase_error(self, phase: LivePhase, error: BaseException) -> None:
+    def on_phase_error(self, phase: PhaseSpan, error: BaseException) -> None:
+        """An exception is leaving ``phase`` (caller's thread, before the phase ends)."""
         classification = self._claim(error)
         if classification is None:
             return
-        scope = phase.scope
-        self._respond(error, classification, phase.span, enclosing_non_phase_span(scope), scope,
-                      context=scope.path_text)
+        phase.oom = True
+        span = phase.sdk_span if phase.sdk_span is not None else phase
+        self._respond(error, classification, span, enclosing_non_phase_span(phase), phase,
+                      context=phase.path_text)
 
     def capture(self, error: BaseException, context: str | None,
                 metadata: Mapping[str, Any] | None) -> None:
@@ -237,13 +268,14 @@ class FlightRecorderService:
             return
         span = trace.get_current_span()
         self._respond(error, classification, span if span.is_recording() else None, None,
-                      self.tracker.recorder.current(), context=context, metadata=metadata)
+                      self._current_phase(), context=context, metadata=metadata)
 
     def _respond(self, error: BaseException, classification: OOMExceptionClassification,
                  span: trace.Span | None, extra_span: trace.Span | None,
                  scope: OpenScope | None, *, context: str | None,
                  metadata: Mapping[str, Any] | None = None) -> DumpResult:
         try:
+            self._drain()  # the ring gets the phases that ended just before the OOM
             classification, observed = self._refine(classification)
             trace_id, span_id = _hex_ids(span) if span is not None else (None, None)
             self.recorder.record_event({"type": EventType.OOM.value, "kind": classification.kind,
@@ -255,7 +287,7 @@ class FlightRecorderService:
                 metadata=metadata, trace_id=trace_id, span_id=span_id,
                 phase_path=scope.path_text if scope else None,
                 scope_id=scope.scope_id if scope else None,
-                session_id=self.tracker.session_id, phases=phase_stack(scope),
+                session_id=self.session_id, phases=phase_stack(scope),
                 cuda_snapshot=observed.snapshot if observed is not None else None,
                 observer_figures=None if observed is None else {
                     "device": observed.device, "requested_bytes": observed.requested_bytes,
@@ -270,7 +302,7 @@ class FlightRecorderService:
                 target.add_event(names.OOM_EVENT, attributes)
                 if result.path is not None:
                     target.set_attribute(names.OOM_DUMP_PATH, result.path)
-            self.tracker.oom_counter.add(1, {
+            self.oom_counter.add(1, {
                 names.OOM_KIND: classification.kind or "unknown",
                 names.PHASE_PATH: scope.path_text if scope else "",
             })
@@ -278,7 +310,7 @@ class FlightRecorderService:
                 self.breadcrumbs.flush(force=True)
             return result
         except Exception as failure:
-            self.tracker.ledger.add(CALLBACK_ERROR,
+            self.ledger.add(CALLBACK_ERROR,
                                     warning=f"handling an OOM failed: {type(failure).__name__}")
             return DumpResult(None, f"{type(failure).__name__}: {failure}")
 
@@ -324,33 +356,30 @@ class FlightRecorderService:
         if threading.excepthook == self._threading_excepthook:
             threading.excepthook = self._previous_threading_hook or threading.__excepthook__
         self.observer.remove_listener(self.on_observed)
-        self.tracker.sampler.remove_listener(self.on_sample)
-        if self in self.tracker.listeners:
-            self.tracker.listeners.remove(self)
+        self.sampler.remove_listener(self.on_sample)
         if self.breadcrumbs is not None:
             self.breadcrumbs.remove()
 
     def memory_snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for source in self.tracker.sources:
+        for source in self.sources:
             try:
                 out[source.name] = source.snapshot()
             except Exception as error:
                 out[source.name] = {"error": f"{type(error).__name__}: {error}"}
         out["latest_samples"] = [
             {"metric": metric, "attributes": dict(attrs), "value": value}
-            for metric, attrs, value in sorted(self.tracker.sampler.state.items())
+            for metric, attrs, value in sorted(self.sampler.state.items())
         ]
         return out
 
 
-def enclosing_non_phase_span(scope: OpenScope) -> trace.Span | None:
-    """The nearest still-open span around ``scope`` that is not a phase span, if any."""
-    node: OpenScope | None = scope
+def enclosing_non_phase_span(phase: PhaseSpan) -> trace.Span | None:
+    """The nearest still-open span around ``phase`` that is not a phase span, if any."""
+    node: OpenScope | None = phase
     while node is not None:
-        outer = node.outer_span
-        parent_span = node.parent.span if node.parent is not None else None
-        if outer is not None and outer is not parent_span and outer.is_recording():
+        outer = getattr(node, "outer_span", None)
+        if outer is not None and outer.is_recording():
             return outer
         node = node.parent
     return None

@@ -1,0 +1,379 @@
+"""The phase hot path: what entering and leaving a phase does on the caller's thread.
+
+Entering: the name (validated once per distinct name), the parent from the OTel context,
+ids from the provider's id generator and the provider's sampling decision, the fresh memory
+figures, one :class:`~memspan.phase_span.PhaseSpan` made current (one context switch).
+Leaving: the fresh figures again, the context restored, one append to the export buffer.
+Everything else (the exported span, histograms, ring events, leak watch) happens on the
+export worker (:mod:`memspan.phase_export`).
+
+Invariants:
+
+- Nesting never breaks the program. A phase that is not the innermost one where it closes
+  (closed out of order, closed on another thread or in another context, or left open by a
+  generator that was suspended or abandoned) still ends at its own exit with its own figures;
+  the mis-nesting is counted (``phase_misnested``) and named on the span
+  (``memspan.phase.misnested``), and the context of the closing code is left as it was.
+  Phases opened later never take an ended phase, or a phase held open by a suspended
+  generator, as their parent: they nest under the nearest phase still running.
+- Recursion of any depth works: past ``MAX_DEPTH`` names the path stops growing
+  (``memspan.phase.path_truncated``, counted) while ``memspan.phase.depth`` keeps counting.
+- A trace-root phase starts a new trace with a link to the enclosing phase's span; under a
+  span of another instrumentation (an HTTP request, say) it stays in that trace.
+- A user exception always propagates unchanged; figures or telemetry that fail are counted,
+  never raised.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextvars import Token
+from types import FrameType
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from memspan.attributes import clean_attributes
+from memspan.boundary import BoundaryReader
+from memspan.drops import CALLBACK_ERROR, PHASE_MISNESTED, PHASE_PATH_TRUNCATED, DropLedger
+from memspan.names import PATH_SEPARATOR
+from memspan.phase_export import PhaseExporter, start_attributes
+from memspan.phase_span import PhaseSpan, exception_attributes
+from memspan.runtime import MAX_DEPTH, validate_phase_name
+from memspan.span_path import SDK, SYNC, SpanPath
+from memspan.step_sampling import StepTrace
+
+_logger = logging.getLogger(__name__)
+
+#: exceptions that end a phase without being an error (generator and iterator protocol)
+NOT_ERRORS = (GeneratorExit, StopIteration, StopAsyncIteration)
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+_EMPTY = Context()
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, _EMPTY)))
+_RANDOM = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
+_MAX_NAMES = 4096
+_OUT_OF_ORDER = "closed_out_of_order"
+
+#: what the OOM responder is given: the failing phase and the exception
+OOMHandler = Callable[[PhaseSpan, BaseException], None]
+
+
+def _reset_context(token: Token[Context]) -> None:
+    """Reset like ``opentelemetry.context.detach`` but let a wrong-context error surface."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if variable is None:  # pragma: no cover - only if the API moves its context variable
+        otel_context.detach(token)
+        return
+    variable.reset(token)
+
+
+class PhaseCore:
+    """Opens and closes phases for one tracker session (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        span_path: SpanPath,
+        boundary: BoundaryReader,
+        exporter: PhaseExporter,
+        session_id: str,
+        rank: int,
+        ledger: DropLedger,
+        trace_roots: frozenset[str] = frozenset(),
+    ) -> None:
+        self.span_path = span_path
+        self._boundary = boundary
+        self.exporter = exporter
+        self.session_id = session_id
+        self.rank = rank
+        self.ledger = ledger
+        self.trace_roots = trace_roots
+        self.oom_handler: OOMHandler | None = None
+        self._key = otel_context.create_key("memspan-phase")
+        self._sequence = itertools.count(1)
+        self._names: dict[object, str] = {}
+        self._bind(span_path)
+
+    def _bind(self, span_path: SpanPath) -> None:
+        self.span_path = span_path
+        self._fast = span_path.mode != SDK
+        self._sync = span_path.mode == SYNC
+        sdk = span_path.sdk_tracer
+        if sdk is not None:
+            self._sampler = sdk.sampler
+            self._ids = sdk.id_generator
+            random_ids = getattr(self._ids, "is_trace_id_random", None)
+            self._root_random = bool(random_ids()) if random_ids is not None else False
+
+    # -- reading the nesting ----------------------------------------------------------------------
+    def current(self, context: Context | None = None) -> PhaseSpan | None:
+        """The innermost phase still running in ``context`` (default: the current one)."""
+        ctx = context if context is not None else otel_context.get_current()
+        phase = ctx.get(self._key)
+        while phase is not None and _stale(phase):
+            phase = phase.parent
+        return phase  # type: ignore[return-value]
+
+    # -- entering -----------------------------------------------------------------------------------
+    def open(self, name: str, attributes: Mapping[str, Any] | None = None,
+             trace_root: bool | None = None, frame: FrameType | None = None
+             ) -> PhaseSpan | None:
+        """Open a phase; ``None`` when memspan itself failed (counted; the block still runs).
+
+        A bad name or bad attributes raise (``ValueError``/``TypeError`` naming them): that is
+        the caller's mistake, found before anything changed.
+        """
+        clean = self._names.get(name)
+        if clean is None:
+            clean = validate_phase_name(name)
+            if len(self._names) < _MAX_NAMES:
+                self._names[name] = clean
+        user = clean_attributes(attributes, self.ledger) if attributes else None
+        try:
+            return self._open(clean, user, trace_root, frame)
+        except Exception as failure:
+            self.ledger.add(CALLBACK_ERROR, warning=(
+                f"opening phase {clean!r} failed ({type(failure).__name__}: {failure}); "
+                "the block runs without a phase"))
+            return None
+
+    def _open(self, clean: str, user: dict[str, Any] | None, trace_root: bool | None,
+              frame: FrameType | None) -> PhaseSpan:
+        ctx = otel_context.get_current()
+        base = ctx
+        parent: PhaseSpan | None = ctx.get(self._key)  # type: ignore[assignment]
+        while parent is not None and _stale(parent):
+            base = _before(parent, base)
+            parent = parent.parent
+        if parent is None:
+            path: tuple[str, ...] = (clean,)
+            path_text = clean
+        elif parent.depth < MAX_DEPTH:
+            path = (*parent.path, clean)
+            path_text = parent.path_text + PATH_SEPARATOR + clean
+        else:
+            path, path_text = parent.path, parent.path_text
+            self.ledger.add(PHASE_PATH_TRUNCATED, warning=(
+                f"phases nest deeper than {MAX_DEPTH} levels (recursion?); paths stop growing "
+                f"at {parent.path_text[-120:]!r}"))
+        sequence = next(self._sequence)
+        phase = PhaseSpan(clean, path, path_text, parent, f"{self.session_id}:{sequence}",
+                          sequence, self.session_id, self.rank)
+        if user:
+            phase.attributes = user
+        if frame is not None and frame.f_code.co_flags & _GENERATOR_FLAGS:
+            phase.gen_frame = frame
+        outer = base.get(_SPAN_KEY)
+        while type(outer) is PhaseSpan and _stale(outer):  # e.g. another tracker's phase
+            base = _before(outer, base)
+            outer = base.get(_SPAN_KEY)
+        is_root = trace_root if trace_root is not None else clean in self.trace_roots
+        if self._fast:
+            self._start_span(phase, outer, base, is_root)
+            current: trace.Span = phase
+        else:
+            current = self._start_sdk_span(phase, outer, base, is_root)
+        phase.entry = self._boundary.entry()
+        phase.start_ns = time.time_ns()
+        values = dict(ctx)
+        values[self._key] = phase
+        values[_SPAN_KEY] = current
+        phase.context_token = otel_context.attach(Context(values))
+        return phase
+
+    def _span_parent(self, phase: PhaseSpan, outer: Any, is_root: bool
+                     ) -> tuple[SpanContext | None, bool]:
+        """The parent span context (None: a new trace) and whether the phase is a step root."""
+        if type(outer) is PhaseSpan:
+            outer_context = outer.span_context
+        elif isinstance(outer, trace.Span):
+            outer_context = outer.get_span_context()
+            if outer_context.is_valid:
+                phase.outer_span = outer
+                is_root = False  # inside another instrumentation's trace: stay in it
+        else:
+            outer_context = trace.INVALID_SPAN_CONTEXT
+        if is_root:
+            if outer_context.is_valid:
+                phase.links = (Link(outer_context),)
+            return None, True
+        return (outer_context if outer_context.is_valid else None), False
+
+    def _start_span(self, phase: PhaseSpan, outer: Any, base: Context, is_root: bool) -> None:
+        parent_context, is_root = self._span_parent(phase, outer, is_root)
+        if parent_context is None:
+            trace_id = self._ids.generate_trace_id()
+            sampler_context = _EMPTY
+            random_id = self._root_random
+        else:
+            trace_id = parent_context.trace_id
+            sampler_context = base
+            random_id = bool(parent_context.trace_flags & _RANDOM)
+        result = self._sampler.should_sample(sampler_context, trace_id, phase.name,
+                                             SpanKind.INTERNAL, phase.attributes or None,
+                                             phase.links)
+        decision = result.decision
+        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
+        if random_id:
+            flags |= _RANDOM
+        phase.span_context = SpanContext(trace_id, self._ids.generate_span_id(), False,
+                                         TraceFlags(flags), result.trace_state)
+        phase.parent_span_context = parent_context
+        phase.recording = decision.is_recording()
+        if result.attributes:
+            phase.sampling_attributes = result.attributes
+        self._place_in_step(phase, is_root)
+
+    def _start_sdk_span(self, phase: PhaseSpan, outer: Any, base: Context,
+                        is_root: bool) -> trace.Span:
+        parent_context, is_root = self._span_parent(phase, outer, is_root)
+        span = self.span_path.tracer.start_span(
+            phase.name, context=_EMPTY if parent_context is None else base,
+            kind=SpanKind.INTERNAL, attributes=start_attributes(phase), links=phase.links,
+        )
+        phase.sdk_span = span
+        phase.span_context = span.get_span_context()
+        phase.parent_span_context = parent_context
+        phase.recording = span.is_recording()
+        self._place_in_step(phase, is_root)
+        return span
+
+    def _place_in_step(self, phase: PhaseSpan, is_root: bool) -> None:
+        if is_root:
+            phase.trace_root = True
+            step = StepTrace(phase)
+            phase.step = step
+            self.exporter.open_step(step)
+        elif phase.parent is not None:
+            phase.step = phase.parent.step
+
+    # -- leaving ------------------------------------------------------------------------------------
+    def close(self, phase: PhaseSpan, error: BaseException | None) -> None:
+        """End ``phase`` (``error``: the exception leaving it). Never raises."""
+        if phase.end_ns:
+            return
+        try:
+            phase.exit = self._boundary.exit(phase.entry) if phase.entry is not None else None
+        except Exception as failure:  # the reader counts its own failures; this is a bug guard
+            self.ledger.add(CALLBACK_ERROR, warning=f"reading exit figures failed: {failure!r}")
+        end_ns = time.time_ns()
+        if error is not None and not isinstance(error, NOT_ERRORS):
+            self._record_error(phase, error)
+        self._restore_context(phase, unwinding=error is not None)
+        phase.end_ns = end_ns
+        phase.closed = True
+        phase.gen_frame = None
+        if self._sync and phase.sdk_span is None:
+            self.exporter.submit(phase)
+            self.exporter.drain()
+        else:
+            self.exporter.submit(phase)
+
+    def _record_error(self, phase: PhaseSpan, error: BaseException) -> None:
+        phase.error = type(error).__name__
+        handler = self.oom_handler
+        if handler is not None:
+            try:
+                handler(phase, error)
+            except Exception:
+                self.ledger.add(CALLBACK_ERROR,
+                                warning="the OOM handler raised; the OOM was not dumped")
+        try:
+            description = f"{type(error).__name__}: {error}"
+        except Exception:
+            description = type(error).__name__
+        if phase.recording:
+            phase.add_event("exception", exception_attributes(error))
+            phase.status = Status(StatusCode.ERROR, description)
+
+    def _restore_context(self, phase: PhaseSpan, *, unwinding: bool) -> None:
+        """Put the context back as it was before ``phase`` opened, where that is safe.
+
+        Closed out of order while an exception unwinds it, the phases left open inside are
+        abandoned with it (their blocks were skipped by the exception): the context goes
+        back to before ``phase``. Closed out of order otherwise, the phases inside keep
+        running and the context is left alone.
+        """
+        token = phase.context_token
+        ctx = otel_context.get_current()
+        innermost = ctx.get(self._key)
+        node = innermost
+        while type(node) is PhaseSpan and node is not phase and _stale(node):
+            node = node.parent  # phases of suspended generators do not count as inside
+        if node is not phase or token is None:
+            self._misnested(phase, innermost)
+            if not (unwinding and token is not None and phase.misnested == _OUT_OF_ORDER):
+                return
+        try:
+            _reset_context(token)
+        except (ValueError, RuntimeError):
+            self._misnested(phase, None)
+            return
+        restored = otel_context.get_current()
+        below = restored.get(self._key)
+        if below is not None and _ended(below):  # closed out of order earlier: step past it
+            target = restored
+            while below is not None and _ended(below):
+                target = _before(below, target)
+                below = below.parent
+            otel_context.attach(target)
+
+    def _misnested(self, phase: PhaseSpan, innermost: object) -> None:
+        if type(innermost) is PhaseSpan and _has_ancestor(innermost, phase):
+            reason = _OUT_OF_ORDER
+        elif phase.thread is not threading.current_thread():
+            reason = "closed_on_another_thread"
+        else:
+            reason = "closed_in_another_context"
+        phase.misnested = reason
+        self.ledger.add(PHASE_MISNESTED, warning=(
+            f"phase {phase.path_text!r} was not the innermost open phase where it closed "
+            f"({reason.replace('_', ' ')}); it was ended with its own figures and flagged"))
+
+    # -- strict conformance ----------------------------------------------------------------------
+    def rebind(self, span_path: SpanPath) -> None:
+        """Switch paths (the provider's processors changed); phases already open keep theirs."""
+        if span_path.mode != self.span_path.mode:
+            _logger.debug("memspan: phase spans now use the %s path (%s)", span_path.mode,
+                          span_path.reason)
+        self._bind(span_path)
+
+
+def _stale(phase: PhaseSpan) -> bool:
+    """Ended, or held open by a generator that is not running (suspended or abandoned)."""
+    if phase.end_ns:
+        return True
+    frame = phase.gen_frame
+    return frame is not None and frame.f_back is None
+
+
+def _ended(phase: object) -> bool:
+    return type(phase) is PhaseSpan and bool(phase.end_ns)
+
+
+def _before(phase: PhaseSpan, fallback: Context) -> Context:
+    """The context that was current just before ``phase`` opened."""
+    token = phase.context_token
+    if token is None:
+        return fallback
+    old = token.old_value
+    return old if isinstance(old, Context) else _EMPTY
+
+
+def _has_ancestor(phase: PhaseSpan, ancestor: PhaseSpan) -> bool:
+    node = phase.parent
+    while node is not None:
+        if node is ancestor:
+            return True
+        node = node.parent
+    return False
+

@@ -1,0 +1,479 @@
+"""Finished phases, off the caller's thread: step decisions, spans, histograms, listeners.
+
+The caller's thread hands each finished :class:`~memspan.phase_span.PhaseSpan` to
+:meth:`PhaseExporter.submit` (one bounded append). A worker thread drains the buffer every
+``interval_s`` (sooner when it is half full) and, for each phase in the order they ended:
+
+1. routes it through step sampling (phases of an undecided step wait for their root);
+2. tells the listeners (flight-recorder ring, leak watch), which may add events to it;
+3. builds the finished ``ReadableSpan`` (``deferred`` path) or ends the SDK span (``sdk``
+   path) and hands it to the provider's span processors;
+4. records the two phase histograms for the batch (:mod:`memspan.phase_metrics`).
+
+Invariants:
+
+- Bounded: at most ``max_pending`` phases wait; a phase that finds the buffer full is dropped
+  and counted (``phase_buffer_full``), as the SDK's batch processor drops spans. Phases waiting
+  for their step's decision are bounded too (``max_step_phases``): past it the oldest open
+  step is decided as kept (``overflow``), never lost.
+- Delivered on demand: :meth:`PhaseExporter.drain` runs under one lock from any thread; the
+  provider's ``force_flush()`` and ``shutdown()`` drain first (through :class:`FlushHook`,
+  placed before the user's processors), and so do memspan's own flush and shutdown and an OOM
+  dump (so the ring holds the latest phases).
+- A listener or processor that raises is counted (``callback_error``) and skipped; the other
+  phases of the batch are still delivered.
+- Fork-safe: a forked child starts with an empty buffer (the parent's phases are the
+  parent's to export) and its own worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from opentelemetry.context import Context
+from opentelemetry.metrics import Counter
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from memspan import names
+from memspan.boundary import BoundaryReader
+from memspan.drops import CALLBACK_ERROR, PHASE_BUFFER_FULL, STEP_BUFFER_FULL, DropLedger
+from memspan.phase_metrics import PhaseHistograms, PhaseSample
+from memspan.phase_span import PhaseSpan
+from memspan.span_path import SDK, PassiveProcessor, SpanPath
+from memspan.step_sampling import ALL, DROPPED, OVERFLOW, StepSampler, StepTrace
+
+_logger = logging.getLogger(__name__)
+
+try:  # BoundedAttributes moved between SDK releases; both spellings are public enough
+    from opentelemetry.attributes import BoundedAttributes
+except ImportError:  # pragma: no cover
+    from opentelemetry.sdk.util import BoundedAttributes  # type: ignore[attr-defined,no-redef]
+
+
+class PhaseListener(Protocol):
+    """Told about every finished phase, on the export worker, before its span is built."""
+
+    def phase_ended(self, phase: PhaseSpan) -> None: ...
+
+
+class PhaseExporter:
+    """The buffer of finished phases and the worker that delivers them (module docstring)."""
+
+    def __init__(
+        self,
+        span_path: Callable[[], SpanPath],
+        histograms: PhaseHistograms,
+        steps: StepSampler,
+        step_counter: Counter,
+        ledger: DropLedger,
+        *,
+        interval_s: float = 0.1,
+        max_pending: int = 16_384,
+        max_step_phases: int = 65_536,
+        max_open_steps: int = 1024,
+    ) -> None:
+        self._span_path = span_path
+        self.histograms = histograms
+        self.steps = steps
+        self._step_counter = step_counter
+        self.ledger = ledger
+        self.interval_s = interval_s
+        self.max_pending = max_pending
+        self.max_step_phases = max_step_phases
+        self.max_open_steps = max_open_steps
+        self.listeners: list[PhaseListener] = []
+        self._pending: deque[PhaseSpan] = deque()
+        self._wake_at = max(1, max_pending // 2)
+        self._drain_lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: step traces whose root is open, by trace id (foreign spans mark them)
+        self.open_steps: OrderedDict[int, StepTrace] = OrderedDict()
+        #: undecided steps holding buffered phases, oldest first
+        self._waiting: OrderedDict[int, StepTrace] = OrderedDict()
+        self._waiting_phases = 0
+        self._closed = False
+        _register_fork_handler(self)
+
+    # -- the caller's side ------------------------------------------------------------------
+    def submit(self, phase: PhaseSpan) -> None:
+        pending = self._pending
+        size = len(pending)
+        if size >= self.max_pending:
+            self.ledger.add(PHASE_BUFFER_FULL, warning=(
+                f"{self.max_pending} finished phases were waiting for export; phases are being "
+                "dropped (open fewer, coarser phases, or raise the sample rate)"))
+            return
+        pending.append(phase)
+        if size + 1 == self._wake_at:
+            self._wake.set()
+
+    def open_step(self, step: StepTrace) -> None:
+        """A step root opened (caller's thread): foreign spans in its trace mark it."""
+        steps = self.open_steps
+        steps[step.root.span_context.trace_id] = step
+        if len(steps) > self.max_open_steps:
+            steps.popitem(last=False)
+
+    def note_span_started(self, trace_id: int) -> None:
+        """Another instrumentation started a span in ``trace_id`` (from :class:`FlushHook`)."""
+        step = self.open_steps.get(trace_id)
+        if step is not None:
+            step.foreign = True
+
+    # -- the worker ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="memspan-phase-export",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            self.drain()
+
+    def shutdown(self, timeout_s: float = 5.0) -> bool:
+        """Stop the worker and deliver what is pending; True when it ended in time."""
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        ended = True
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+            ended = not thread.is_alive()
+        self.drain()
+        self.flush_waiting_steps()
+        return ended
+
+    def _after_fork_in_child(self) -> None:
+        was_running = self._thread is not None
+        self._pending = deque()
+        self._drain_lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        self.open_steps = OrderedDict()
+        self._waiting = OrderedDict()
+        self._waiting_phases = 0
+        if was_running:
+            try:
+                self.start()
+            except RuntimeError:  # pragma: no cover - interpreter shutting down
+                pass
+
+    # -- delivery -------------------------------------------------------------------------------
+    def drain(self) -> int:
+        """Deliver every pending phase now (any thread); returns how many were taken."""
+        if not self._pending:
+            return 0
+        with self._drain_lock:
+            pending = self._pending
+            batch: list[PhaseSpan] = []
+            append = batch.append
+            popleft = pending.popleft
+            while pending:
+                try:
+                    append(popleft())
+                except IndexError:
+                    break
+            if batch:
+                self._deliver(batch)
+            return len(batch)
+
+    def flush_waiting_steps(self) -> None:
+        """Decide every step still waiting for its root as kept (at shutdown)."""
+        with self._drain_lock:
+            out: list[PhaseSpan] = []
+            while self._waiting:
+                _, step = self._waiting.popitem(last=False)
+                self._release(step, OVERFLOW, out)
+            if out:
+                self._deliver_decided(out)
+
+    def _deliver(self, batch: Sequence[PhaseSpan]) -> None:
+        path = self._span_path()
+        decided: list[tuple[PhaseSpan, bool]] = []
+        keeps_all = path.mode == SDK or self.steps.keeps_all
+        for phase in batch:
+            step = phase.step
+            if step is None:
+                decided.append((phase, True))
+            elif keeps_all:
+                decided.append((phase, True))
+                if phase is step.root:
+                    step.decision = ALL
+                    self._count_step(ALL)
+                    self._close_step(step)
+            else:
+                self._route(phase, step, decided)
+        self._emit(decided, path)
+
+    def _deliver_decided(self, phases: list[PhaseSpan]) -> None:
+        self._emit([(p, p.step is None or p.step.decision != DROPPED) for p in phases],
+                   self._span_path())
+
+    def _route(self, phase: PhaseSpan, step: StepTrace,
+               decided: list[tuple[PhaseSpan, bool]]) -> None:
+        if step.decision is not None:  # a phase that outlived its step's root
+            decided.append((phase, step.decision != DROPPED))
+            return
+        if phase is not step.root:
+            step.buffered.append(phase)
+            key = step.root.span_context.trace_id
+            if key not in self._waiting:
+                self._waiting[key] = step
+            self._waiting_phases += 1
+            if self._waiting_phases > self.max_step_phases:
+                self.ledger.add(STEP_BUFFER_FULL)
+                _, oldest = self._waiting.popitem(last=False)
+                out: list[PhaseSpan] = []
+                self._release(oldest, OVERFLOW, out)
+                decided.extend((p, True) for p in out)
+            return
+        reason = self.steps.decide(step)
+        self._waiting.pop(step.root.span_context.trace_id, None)
+        out = []
+        self._release(step, reason, out)
+        keep = reason != DROPPED
+        decided.extend((p, keep) for p in out)
+
+    def _release(self, step: StepTrace, reason: str, out: list[PhaseSpan]) -> None:
+        """Decide ``step`` (if not yet) and move its buffered phases (and root) to ``out``."""
+        if step.decision is None:
+            step.decision = reason
+        self._count_step(step.decision)
+        self._waiting_phases -= len(step.buffered)
+        out.extend(step.buffered)
+        step.buffered = []
+        root = step.root
+        if root.end_ns:
+            out.append(root)
+        self._close_step(step)
+
+    def _close_step(self, step: StepTrace) -> None:
+        self.open_steps.pop(step.root.span_context.trace_id, None)
+
+    def _count_step(self, reason: str) -> None:
+        decision = "dropped" if reason == DROPPED else "kept"
+        try:
+            self._step_counter.add(1, {names.STEP_DECISION: decision,
+                                       names.STEP_KEEP_REASON: reason})
+        except Exception:
+            self.ledger.add(CALLBACK_ERROR)
+
+    def _emit(self, decided: Sequence[tuple[PhaseSpan, bool]], path: SpanPath) -> None:
+        samples: list[PhaseSample] = []
+        spans: list[ReadableSpan] = []
+        sdk_path = path.mode == SDK
+        for phase, keep in decided:
+            for listener in self.listeners:
+                try:
+                    listener.phase_ended(phase)
+                except Exception as error:
+                    self.ledger.add(CALLBACK_ERROR, warning=(
+                        f"a phase listener raised ({type(error).__name__}: {error}); ignored"))
+            exported = keep and phase.recording
+            if sdk_path or phase.sdk_span is not None:
+                exported = self._end_sdk_span(phase)
+            elif exported:
+                try:
+                    spans.append(build_span(phase, path, keep))
+                except Exception as error:
+                    exported = False
+                    self.ledger.add(CALLBACK_ERROR, warning=(
+                        f"building a phase span failed ({type(error).__name__}: {error})"))
+            figures = phase.exit
+            samples.append((
+                (phase.end_ns - phase.start_ns) / 1e9,
+                figures.primary_peak if figures is not None else None,
+                phase.path_text,
+                figures.device if figures is not None else "host",
+                phase.span_context if exported and phase.span_context.trace_flags.sampled
+                else None,
+            ))
+            if phase.step is not None and phase is phase.step.root:
+                phase.step = None  # the step is decided: break the root <-> step cycle
+        if spans:
+            processor = path.sdk_tracer.span_processor
+            for span in spans:
+                try:
+                    processor.on_end(span)
+                except Exception as error:
+                    self.ledger.add(CALLBACK_ERROR, warning=(
+                        f"a span processor raised in on_end ({type(error).__name__}: {error})"))
+        try:
+            self.histograms.record_batch(samples)
+        except Exception as error:
+            self.ledger.add(CALLBACK_ERROR, warning=(
+                f"recording phase histograms failed ({type(error).__name__}: {error})"))
+
+    def _end_sdk_span(self, phase: PhaseSpan) -> bool:
+        span = phase.sdk_span
+        if span is None:
+            return False
+        try:
+            attributes: dict[str, Any] = {}
+            add_exit_attributes(phase, attributes, None)
+            span.set_attributes(attributes)
+            for name, event_attributes, timestamp in phase.events or ():
+                span.add_event(name, event_attributes, timestamp)
+            if phase.status is not None:
+                span.set_status(phase.status)
+            span.end(end_time=phase.end_ns)
+        except Exception as error:
+            self.ledger.add(CALLBACK_ERROR, warning=(
+                f"ending a phase span failed ({type(error).__name__}: {error})"))
+            return False
+        return span.is_recording() or phase.recording
+
+
+# -- building spans ---------------------------------------------------------------------------
+def start_attributes(phase: PhaseSpan) -> dict[str, Any]:
+    """The attributes a phase span has from its start (docs/telemetry.md)."""
+    attributes: dict[str, Any] = {
+        names.PHASE_NAME: phase.name,
+        names.PHASE_PATH: phase.path_text,
+        names.PHASE_DEPTH: phase.depth,
+        names.PHASE_SCOPE_ID: phase.scope_id,
+        names.SESSION_ID: phase.session_id,
+        names.THREAD_ID: phase.thread_id,
+        names.THREAD_NAME: phase.thread.name,
+    }
+    if phase.parent is not None:
+        attributes[names.PHASE_PARENT_SCOPE_ID] = phase.parent.scope_id
+    if phase.entry is not None:
+        BoundaryReader.entry_attributes(phase.entry, attributes)
+    if phase.trace_root:
+        attributes[names.PHASE_TRACE_ROOT] = True
+    if phase.depth > len(phase.path):
+        attributes[names.PHASE_PATH_TRUNCATED] = True
+    if phase.attributes:
+        attributes.update(phase.attributes)
+    return attributes
+
+
+def add_exit_attributes(phase: PhaseSpan, attributes: dict[str, Any], keep_reason: str | None
+                        ) -> None:
+    """What a phase learned at its end: figures, mis-nesting, its step's decision."""
+    if phase.exit is not None:
+        phase.exit.add_attributes(attributes)
+    if phase.misnested is not None:
+        attributes[names.PHASE_MISNESTED] = phase.misnested
+    if keep_reason is not None:
+        attributes[names.STEP_KEEP_REASON] = keep_reason
+
+
+def build_span(phase: PhaseSpan, path: SpanPath, keep: bool) -> ReadableSpan:
+    """The finished SDK span of ``phase``, within the provider's span limits."""
+    tracer = path.sdk_tracer
+    limits = path.limits
+    attributes = start_attributes(phase)
+    if phase.sampling_attributes:
+        attributes.update(phase.sampling_attributes)
+    step = phase.step
+    keep_reason = step.decision if step is not None and phase is step.root else None
+    add_exit_attributes(phase, attributes, keep_reason)
+    if phase.extra_attributes:
+        attributes.update(phase.extra_attributes)
+    bounded = BoundedAttributes(limits.max_span_attributes, attributes, immutable=True,
+                                max_value_len=limits.max_span_attribute_length)
+    events: Sequence[Event] = ()
+    if phase.events:
+        events = BoundedList.from_seq(limits.max_events, [
+            Event(name, _event_attributes(event_attributes, limits), timestamp)
+            for name, event_attributes, timestamp in phase.events
+        ])
+    links: Sequence[Any] = ()
+    if phase.links:
+        links = BoundedList.from_seq(limits.max_links, phase.links)
+    return ReadableSpan(
+        name=phase.name,
+        context=phase.span_context,
+        parent=phase.parent_span_context,
+        resource=tracer.resource,
+        attributes=bounded,
+        events=events,
+        links=links,
+        kind=SpanKind.INTERNAL,
+        instrumentation_info=tracer.instrumentation_info,
+        status=phase.status if phase.status is not None else _UNSET,
+        start_time=phase.start_ns,
+        end_time=phase.end_ns,
+        instrumentation_scope=tracer._instrumentation_scope,
+    )
+
+
+_UNSET = Status(StatusCode.UNSET)
+
+
+def _event_attributes(attributes: dict[str, AttributeValue] | Any, limits: Any) -> Any:
+    return BoundedAttributes(limits.max_event_attributes, attributes, immutable=True,
+                             max_value_len=limits.max_attribute_length)
+
+
+class FlushHook(PassiveProcessor):
+    """Placed first among the provider's span processors: flush and shutdown drain memspan's
+    pending phases before the user's processors flush; spans of other instrumentations
+    started inside a step mark that step (they must not lose their parent)."""
+
+    def __init__(self, exporter: PhaseExporter) -> None:
+        self._exporter = weakref.ref(exporter)
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        exporter = self._exporter()
+        if exporter is not None and exporter.open_steps:
+            context = span.get_span_context()
+            exporter.note_span_started(context.trace_id)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        exporter = self._exporter()
+        if exporter is not None:
+            exporter.drain()
+            exporter.flush_waiting_steps()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        exporter = self._exporter()
+        if exporter is not None:
+            exporter.drain()
+        return True
+
+
+def install_flush_hook(span_processor: Any, hook: FlushHook) -> None:
+    """Put ``hook`` before the provider's other processors (appended where that is impossible)."""
+    lock = getattr(span_processor, "_lock", None)
+    current = getattr(span_processor, "_span_processors", None)
+    if lock is not None and isinstance(current, tuple):
+        with lock:
+            span_processor._span_processors = (hook, *span_processor._span_processors)
+        return
+    span_processor.add_span_processor(hook)
+
+
+def _register_fork_handler(exporter: PhaseExporter) -> None:
+    if not hasattr(os, "register_at_fork"):
+        return
+    ref = weakref.ref(exporter)
+
+    def after_in_child() -> None:
+        target = ref()
+        if target is not None:
+            target._after_fork_in_child()
+
+    os.register_at_fork(after_in_child=after_in_child)

@@ -1,0 +1,219 @@
+"""The one record of a phase: its place in the nesting, its OTel span, and its figures.
+
+A :class:`PhaseSpan` is created when a phase opens and is what the OpenTelemetry context
+holds while it is open, so ``trace.get_current_span()`` inside a phase returns it, spans of
+other instrumentations take it as their parent, and ``set_attribute``/``add_event``/
+``record_exception``/``set_status`` on it land in the exported span. It is deliberately not
+an SDK span: it stores what callers give it and nothing else, and the exported
+``ReadableSpan`` is built from it later, off the caller's thread
+(:mod:`memspan.phase_export`).
+
+Invariants:
+
+- It is written by the thread that owns the phase until the phase ends (``end_ns`` set), and
+  read by the export worker only after it was handed over; user calls arriving after the
+  end are ignored, as an ended SDK span ignores them.
+- A non-recording phase (the provider's sampler dropped it) still carries a valid
+  ``SpanContext``, nesting and figures; it is never exported, but it still counts in the
+  histograms and the flight recorder.
+- Figures a source could not measure are ``None`` (absent from the span), never zero.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode
+from opentelemetry.util.types import Attributes, AttributeValue
+
+from memspan.runtime import OpenScope
+
+if TYPE_CHECKING:
+    from contextvars import Token
+
+    from memspan.boundary import EntryFigures, ExitFigures
+    from memspan.step_sampling import StepTrace
+
+#: an event as recorded on the caller's thread: (name, attributes, time in ns)
+RawEvent = tuple[str, Mapping[str, AttributeValue], int]
+
+
+class PhaseSpan(OpenScope, trace.Span):
+    """One phase from entry to export (see the module docstring)."""
+
+    __slots__ = (
+        "end_ns",
+        "entry",
+        "error",
+        "events",
+        "exit",
+        "extra_attributes",
+        "gen_frame",
+        "links",
+        "misnested",
+        "oom",
+        "outer_span",
+        "parent_span_context",
+        "recording",
+        "sampling_attributes",
+        "sdk_span",
+        "span_context",
+        "start_ns",
+        "status",
+        "step",
+        "trace_root",
+    )
+
+    def __init__(self, name: str, path: tuple[str, ...], path_text: str,
+                 parent: PhaseSpan | None, scope_id: str, sequence: int, session_id: str,
+                 rank: int) -> None:
+        # OpenScope's fields, filled directly (its __init__ does work the hot path avoids)
+        self.name = name
+        self.path = path
+        self.path_text = path_text
+        self.depth = parent.depth + 1 if parent is not None else 1
+        self.parent = parent
+        self.scope_id = scope_id
+        self.sequence = sequence
+        self.session_id = session_id
+        self.rank = rank
+        self.generation = 0
+        self.thread = threading.current_thread()
+        self.thread_id = self.thread.ident or 0
+        self.closed = False
+        self.attributes = _NO_ATTRIBUTES
+        self.context_token: Token[Context] | None = None
+        #: the span that was current when the phase opened (a phase or another
+        #: instrumentation's span), if any
+        self.outer_span: trace.Span | None = None
+        # the span
+        self.span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
+        self.parent_span_context: SpanContext | None = None
+        self.links: Sequence[Link] = ()
+        self.recording = False
+        self.trace_root = False
+        self.step: StepTrace | None = None
+        self.sampling_attributes: Attributes = None
+        self.sdk_span: trace.Span | None = None
+        self.extra_attributes: dict[str, AttributeValue] | None = None
+        self.events: list[RawEvent] | None = None
+        self.status: Status | None = None
+        self.error: str | None = None
+        self.oom = False
+        self.misnested: str | None = None
+        self.gen_frame: FrameType | None = None
+        # figures and times
+        self.start_ns = 0
+        self.end_ns = 0
+        self.entry: EntryFigures | None = None
+        self.exit: ExitFigures | None = None
+
+    # -- opentelemetry.trace.Span ------------------------------------------------------------
+    def get_span_context(self) -> SpanContext:
+        return self.span_context
+
+    def is_recording(self) -> bool:
+        return self.recording and not self.end_ns
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        if not self.recording or self.end_ns:
+            return
+        if self.extra_attributes is None:
+            self.extra_attributes = {}
+        self.extra_attributes.update(attributes)
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        if not self.recording or self.end_ns:
+            return
+        if self.extra_attributes is None:
+            self.extra_attributes = {}
+        self.extra_attributes[key] = value
+
+    def add_event(self, name: str, attributes: Attributes = None,
+                  timestamp: int | None = None) -> None:
+        if not self.recording or self.end_ns:
+            return
+        if self.events is None:
+            self.events = []
+        self.events.append((name, dict(attributes) if attributes else {},
+                            timestamp if timestamp is not None else time.time_ns()))
+
+    def add_late_event(self, name: str, attributes: Mapping[str, AttributeValue]) -> None:
+        """An event found after the phase ended (export worker, before the span is built)."""
+        if self.events is None:
+            self.events = []
+        self.events.append((name, dict(attributes), self.end_ns or time.time_ns()))
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        if not self.recording or self.end_ns or not context.is_valid:
+            return
+        self.links = (*self.links, Link(context, attributes))
+
+    def update_name(self, name: str) -> None:
+        """Ignored: a phase's name is its identity in paths, metrics and verdicts."""
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if not self.recording or self.end_ns:
+            return
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if self.status is not None and self.status.status_code is StatusCode.OK:
+            return  # OK is final, as in the SDK
+        self.status = status
+
+    def record_exception(self, exception: BaseException, attributes: Attributes = None,
+                         timestamp: int | None = None, escaped: bool = False) -> None:
+        if not self.recording or self.end_ns:
+            return
+        self.add_event("exception", exception_attributes(exception, attributes, escaped),
+                       timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        """Ignored: a phase ends when its block or handle closes, with its own figures."""
+
+    def __enter__(self) -> PhaseSpan:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """``with span:`` on a phase span neither ends it nor records anything."""
+
+    def __repr__(self) -> str:
+        state = "open" if not self.end_ns else "ended"
+        return f"<PhaseSpan {self.path_text!r} scope={self.scope_id} {state}>"
+
+
+_NO_ATTRIBUTES: Mapping[str, Any] = {}
+
+
+def exception_attributes(exception: BaseException, attributes: Attributes = None,
+                         escaped: bool = False) -> dict[str, AttributeValue]:
+    """The semconv ``exception`` event attributes, as the SDK writes them."""
+    try:
+        message = str(exception)
+    except Exception:
+        message = f"<{type(exception).__name__}: str() failed>"
+    try:
+        stacktrace = "".join(traceback.format_exception(
+            type(exception), exception, exception.__traceback__))
+    except Exception:
+        stacktrace = ""
+    kind = type(exception)
+    module = kind.__module__
+    out: dict[str, AttributeValue] = {
+        "exception.type": (f"{module}.{kind.__qualname__}" if module and module != "builtins"
+                           else kind.__qualname__),
+        "exception.message": message,
+        "exception.stacktrace": stacktrace,
+        "exception.escaped": str(escaped),
+    }
+    if attributes:
+        out.update(attributes)
+    return out
