@@ -53,6 +53,14 @@ BAD_VALUES = [
      "MEMSPAN_AUTO_PHASES='enabled' is not a boolean; accepted: true/false, 1/0, yes/no, on/off"),
     ("MEMSPAN_RSS_METRIC", "nope",
      "MEMSPAN_RSS_METRIC='nope' is not a boolean; accepted: true/false, 1/0, yes/no, on/off"),
+    ("MEMSPAN_SPAN_MODE", "fast",
+     "span_mode='fast' (MEMSPAN_SPAN_MODE) is not accepted; accepted: deferred, sync, sdk"),
+    ("MEMSPAN_STEP_KEEP_EVERY", "0", "MEMSPAN_STEP_KEEP_EVERY=0 is out of range; accepted: an integer >= 1"),
+    ("MEMSPAN_STEP_KEEP_FIRST", "-1", "MEMSPAN_STEP_KEEP_FIRST=-1 is out of range; accepted: an integer >= 0"),
+    ("MEMSPAN_STEP_KEEP_RETAINED_MB", "-1",
+     "MEMSPAN_STEP_KEEP_RETAINED_MB=-1.0 is out of range; accepted: a number of MiB > 0"),
+    ("MEMSPAN_STEP_PEAK_INCREASE_MB", "x",
+     "MEMSPAN_STEP_PEAK_INCREASE_MB='x' is not a number; accepted: a number of MiB > 0"),
 ]
 
 
@@ -68,7 +76,8 @@ def test_every_variable_has_a_bad_value_case_or_is_free_text() -> None:
 
     variables = {v for k, v in vars(ev).items() if k.startswith("MEMSPAN_")}
     covered = {variable for variable, _, _ in BAD_VALUES}
-    free_text = {"MEMSPAN_OUTPUT_DIR", "MEMSPAN_DUMP_DIR", "MEMSPAN_REPORTS_DIR", "MEMSPAN_JOB_ID"}
+    free_text = {"MEMSPAN_OUTPUT_DIR", "MEMSPAN_DUMP_DIR", "MEMSPAN_REPORTS_DIR", "MEMSPAN_JOB_ID",
+                 "MEMSPAN_TRACE_ROOTS"}
     assert variables - covered == free_text
 
 

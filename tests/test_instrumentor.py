@@ -34,6 +34,7 @@ def test_instrument_uses_given_providers_and_uninstrument_removes_everything() -
         assert sys.excepthook != hooks[0]
         nn.Linear(4, 4)(torch.randn(2, 4))
         tracker.sampler.sample_once()
+        tracker.flush()
         assert [s.name for s in exporter.get_finished_spans()] == ["forward"]
         assert names.PROCESS_MEMORY_USAGE in {
             m.name for rm in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]

@@ -20,7 +20,6 @@ from fakes import FakeCudaApi
 from memspan import MemspanConfig, names
 from memspan.oom.observer import AllocatorObserver
 from memspan.oom.retention import list_bundles
-from memspan.oom.service import FlightRecorderService
 from memspan.sources import HostMemorySource, TorchAllocatorSource
 
 CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
@@ -140,9 +139,8 @@ def test_allocator_observer_figures_are_exact_and_debounced(
     observer = AllocatorObserver(attach=callbacks.append, snapshot=fake_snapshot)
     api = FakeCudaApi()
     config = MemspanConfig(dump_dir=str(tmp_path / "dumps"), cuda_history=True)
-    t = telemetry_factory(config=config, sources=[HostMemorySource(), TorchAllocatorSource(api)])
-    t.tracker.flight_recorder.shutdown()
-    service = FlightRecorderService(t.tracker, observer=observer)
+    t = telemetry_factory(config=config, sources=[HostMemorySource(), TorchAllocatorSource(api)],
+                          observer=observer)
     with pytest.raises(torch.OutOfMemoryError), t.tracker.phase("forward"):
         assert observer.attached and len(callbacks) == 1
         dispatch = callbacks[0]
@@ -160,7 +158,6 @@ def test_allocator_observer_figures_are_exact_and_debounced(
     assert pickle.loads(Path(path, "cuda_snapshot.pickle").read_bytes())["segments"] == []
     metadata = json.loads(Path(path, "metadata.json").read_text())
     assert metadata["observer"]["device_free_bytes"] == 1_234_567
-    service.shutdown()
 
 
 def test_observer_never_raises_into_the_allocator() -> None:

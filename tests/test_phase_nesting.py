@@ -12,8 +12,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from conftest import Telemetry
 
+from conftest import Telemetry
 from memspan import names
 from memspan.drops import PHASE_MISNESTED, PHASE_PATH_TRUNCATED
 from memspan.runtime import MAX_DEPTH
@@ -53,7 +53,7 @@ def test_closing_from_another_thread_ends_the_phase_and_never_raises(telemetry: 
     def close_elsewhere() -> None:
         try:
             handle.close()
-        except BaseException as error:  # noqa: BLE001 - the assertion is that nothing escapes
+        except BaseException as error:
             errors.append(error)
 
     thread = threading.Thread(target=close_elsewhere, name="intruder")

@@ -98,6 +98,10 @@ class PhaseCore:
         self.ledger = ledger
         self.trace_roots = trace_roots
         self.oom_handler: OOMHandler | None = None
+        #: called once, on the caller's thread, by the first phase that sees allocator
+        #: figures (the flight recorder attaches the allocator's OOM observer then: it must be
+        #: in place before an OOM, not after the phase's export)
+        self.on_first_device_phase: Callable[[], object] | None = None
         self._key = otel_context.create_key("memspan-phase")
         self._sequence = itertools.count(1)
         self._names: dict[object, str] = {}
@@ -119,9 +123,9 @@ class PhaseCore:
         """The innermost phase still running in ``context`` (default: the current one)."""
         ctx = context if context is not None else otel_context.get_current()
         phase = ctx.get(self._key)
-        while phase is not None and _stale(phase):
+        while isinstance(phase, PhaseSpan) and _stale(phase):
             phase = phase.parent
-        return phase  # type: ignore[return-value]
+        return phase if isinstance(phase, PhaseSpan) else None
 
     # -- entering -----------------------------------------------------------------------------------
     def open(self, name: str, attributes: Mapping[str, Any] | None = None,
@@ -182,7 +186,13 @@ class PhaseCore:
             current: trace.Span = phase
         else:
             current = self._start_sdk_span(phase, outer, base, is_root)
-        phase.entry = self._boundary.entry()
+        entry = phase.entry = self._boundary.entry()
+        if entry.allocator is not None and self.on_first_device_phase is not None:
+            hook, self.on_first_device_phase = self.on_first_device_phase, None
+            try:
+                hook()
+            except Exception:
+                self.ledger.add(CALLBACK_ERROR, warning="preparing the OOM observer failed")
         phase.start_ns = time.time_ns()
         values = dict(ctx)
         values[self._key] = phase
@@ -307,7 +317,7 @@ class PhaseCore:
         ctx = otel_context.get_current()
         innermost = ctx.get(self._key)
         node = innermost
-        while type(node) is PhaseSpan and node is not phase and _stale(node):
+        while isinstance(node, PhaseSpan) and node is not phase and _stale(node):
             node = node.parent  # phases of suspended generators do not count as inside
         if node is not phase or token is None:
             self._misnested(phase, innermost)
@@ -320,9 +330,9 @@ class PhaseCore:
             return
         restored = otel_context.get_current()
         below = restored.get(self._key)
-        if below is not None and _ended(below):  # closed out of order earlier: step past it
+        if isinstance(below, PhaseSpan) and below.end_ns:  # closed out of order earlier
             target = restored
-            while below is not None and _ended(below):
+            while isinstance(below, PhaseSpan) and below.end_ns:
                 target = _before(below, target)
                 below = below.parent
             otel_context.attach(target)
@@ -354,10 +364,6 @@ def _stale(phase: PhaseSpan) -> bool:
         return True
     frame = phase.gen_frame
     return frame is not None and frame.f_back is None
-
-
-def _ended(phase: object) -> bool:
-    return type(phase) is PhaseSpan and bool(phase.end_ns)
 
 
 def _before(phase: PhaseSpan, fallback: Context) -> Context:

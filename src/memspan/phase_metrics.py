@@ -56,6 +56,7 @@ class PhaseHistograms:
     def record_batch(self, samples: Sequence[PhaseSample]) -> None:
         """Record every sample; exemplar contexts for the last one per series and bucket."""
         offered: set[tuple[Any, ...]] = set()
+        key: tuple[Any, ...]
         for duration_s, peak, path, device, span_context in reversed(samples):
             by_path, by_device = self._series(path, device)
             context = _EMPTY

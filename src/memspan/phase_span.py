@@ -71,6 +71,8 @@ class PhaseSpan(OpenScope, trace.Span):
         "trace_root",
     )
 
+    parent: PhaseSpan | None  # narrowed from OpenScope: a phase's parent is a phase
+
     def __init__(self, name: str, path: tuple[str, ...], path_text: str,
                  parent: PhaseSpan | None, scope_id: str, sequence: int, session_id: str,
                  rank: int) -> None:

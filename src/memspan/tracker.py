@@ -35,6 +35,7 @@ from memspan.boundary import BoundaryReader
 from memspan.config import MemspanConfig
 from memspan.drops import DropLedger
 from memspan.instruments import MemoryInstruments
+from memspan.oom.observer import AllocatorObserver
 from memspan.oom.service import FlightRecorderService
 from memspan.phase_core import PhaseCore
 from memspan.phase_export import FlushHook, PhaseExporter, install_flush_hook
@@ -79,6 +80,7 @@ class Tracker:
         ledger: DropLedger | None = None,
         install_excepthooks: bool = False,
         leak_thresholds: LeakThresholds | None = None,
+        observer: AllocatorObserver | None = None,
     ) -> None:
         self.config = config if config is not None else MemspanConfig()
         self.session_id = session_id or str(uuid.uuid4())
@@ -139,9 +141,10 @@ class Tracker:
             config=self.config, rank=self.rank, session_id=self.session_id, ledger=self.ledger,
             sampler=self.sampler, sources=self.sources, torch_source=self.torch_source,
             oom_counter=self.oom_counter, current_phase=self.phases.current,
-            drain=self.exporter.drain,
+            drain=self.exporter.drain, observer=observer,
         )
         self.phases.oom_handler = self.flight_recorder.on_phase_error
+        self.phases.on_first_device_phase = self.flight_recorder.prepare_for_device
         self.exporter.listeners.append(self.flight_recorder)
         self.leak_watch = LeakWatcher(
             self.ledger,

@@ -87,6 +87,11 @@ def test_threads_and_tasks_with_ooms(tmp_path: Path) -> None:
         if attrs[names.PHASE_DEPTH] == 1:
             assert span.parent is None
             continue
+        if attrs.get(names.PHASE_TRACE_ROOT):  # a step starts its own trace, linked to its parent
+            assert span.parent is None
+            parent = by_id[span.links[0].context.span_id]
+            assert scope_of[attrs[names.PHASE_PARENT_SCOPE_ID]] is parent
+            continue
         assert span.parent is not None
         parent = by_id[span.parent.span_id]
         assert scope_of[attrs[names.PHASE_PARENT_SCOPE_ID]] is parent

@@ -221,6 +221,10 @@ class FlightRecorderService:
         if self.breadcrumbs is not None:
             self.breadcrumbs.flush(force=True)
 
+    def prepare_for_device(self) -> None:
+        """Attach the allocator's OOM observer (first phase on an initialised device)."""
+        self._ensure_observer()
+
     def _ensure_observer(self) -> None:
         if self.observer.attached:
             return
@@ -378,7 +382,7 @@ def enclosing_non_phase_span(phase: PhaseSpan) -> trace.Span | None:
     """The nearest still-open span around ``phase`` that is not a phase span, if any."""
     node: OpenScope | None = phase
     while node is not None:
-        outer = getattr(node, "outer_span", None)
+        outer: trace.Span | None = getattr(node, "outer_span", None)
         if outer is not None and outer.is_recording():
             return outer
         node = node.parent
