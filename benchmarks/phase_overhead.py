@@ -1,16 +1,32 @@
-"""µs per phase: memspan.phase vs a bare OTel SDK span with the same span processor.
+"""Cost per phase against a bare OTel SDK span, on the caller's thread and in total CPU.
 
-Rows: a bare span; an SDK span carrying the same attributes and recording the same two
-histograms by hand (what the telemetry contract itself costs in the SDK); memspan.phase on
-a host-only tracker; memspan.phase with torch imported (no CUDA). Target: memspan / bare
-<= 1.3.
+Every variant gets its own TracerProvider with a BatchSpanProcessor and a null exporter, and is
+measured in alternating rounds. Per round and variant:
+
+- caller's thread: ``time.thread_time()`` of the thread running the loop (CPU only, so the GIL
+  time other threads take is not charged to it);
+- total CPU: ``time.process_time()`` from the loop's start until the variant's own background
+  work is done (memspan: its pending phases delivered and the processor flushed; bare spans:
+  the processor flushed), so each variant pays for the background work it caused and nothing
+  spills into the next variant's round.
+
+Rows: a bare span; memspan.phase on a host-only tracker (the default ``deferred`` span path);
+the same with torch imported (CPU build, no CUDA); the ``sdk`` path (ordinary SDK spans, the
+fallback); Stormlog 0.4.3's CPU phase when the ``bench`` extra is installed.
+Targets (issue: phase core v2): caller's thread <= 1.0x a bare span (host), <= 1.2x with
+torch; total CPU <= 1.6x; >= 2.5x faster than Stormlog on the caller's thread.
 """
 
 from __future__ import annotations
 
+import gc
+import statistics
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
-from _table import Row, interleaved_median, report
+from _table import Row, report
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,68 +41,130 @@ class NullExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def providers() -> tuple[TracerProvider, MeterProvider]:
+def provider() -> TracerProvider:
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(NullExporter(), max_queue_size=1 << 16))
-    return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
+    tracer_provider.add_span_processor(BatchSpanProcessor(NullExporter(), max_queue_size=1 << 16,
+                                                          max_export_batch_size=2048))
+    return tracer_provider
 
 
-def main() -> None:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    tracer_provider, meter_provider = providers()
+class Variant:
+    """A loop of ``n`` phases and the call that finishes its background work."""
+
+    def __init__(self, loop: Callable[[int], None], settle: Callable[[], Any]) -> None:
+        self.loop = loop
+        self.settle = settle
+        self.caller: list[float] = []
+        self.total: list[float] = []
+
+    def measure(self, calls: int) -> None:
+        gc.collect()
+        process_start = time.process_time()
+        thread_start = time.thread_time()
+        self.loop(calls)
+        thread_end = time.thread_time()
+        self.settle()
+        process_end = time.process_time()
+        self.caller.append((thread_end - thread_start) / calls * 1e6)
+        self.total.append((process_end - process_start) / calls * 1e6)
+
+
+def bare_variant() -> Variant:
+    tracer_provider = provider()
     tracer = tracer_provider.get_tracer("bench")
-    meter = meter_provider.get_meter("bench")
-    duration = meter.create_histogram("d", unit="s")
-    peak = meter.create_histogram("p", unit="By")
-    host_tracker = memspan.Tracker(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                                   sources=[HostMemorySource()])
 
-    def bare(n: int) -> None:
+    def loop(n: int) -> None:
         for _ in range(n):
             with tracer.start_as_current_span("phase"):
                 pass
 
-    attributes = {f"memspan.bench.{i}": i for i in range(12)}
-    end_attributes = {f"memspan.bench.end.{i}": i for i in range(6)}
+    return Variant(loop, tracer_provider.force_flush)
 
-    def sdk_contract(n: int) -> None:
-        for _ in range(n):
-            with tracer.start_as_current_span("phase", attributes=attributes) as span:
-                span.set_attributes(end_attributes)
-                duration.record(0.001, {"memspan.phase.path": "phase"})
-                peak.record(1 << 20, {"memspan.phase.path": "phase", "memspan.memory.device": "host"})
 
-    def host_phase(n: int) -> None:
+def memspan_variant(**tracker_kwargs: Any) -> tuple[Variant, memspan.Tracker]:
+    tracer_provider = provider()
+    tracker = memspan.Tracker(tracer_provider=tracer_provider,
+                              meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+                              **tracker_kwargs)
+
+    def loop(n: int) -> None:
+        phase = tracker.phase
         for _ in range(n):
-            with host_tracker.phase("phase"):
+            with phase("phase"):
                 pass
 
+    return Variant(loop, tracer_provider.force_flush), tracker
+
+
+def stormlog_variant() -> Variant | None:
+    try:
+        from stormlog.cpu_profiler import CPUMemoryTracker
+    except ImportError:
+        return None
+    tracker = CPUMemoryTracker(sampling_interval=0.1, max_events=10_000, enable_alerts=False)
+    tracker.start_tracking()
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            with tracker.phase("phase"):
+                pass
+
+    return Variant(loop, lambda: None)
+
+
+def main() -> None:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 9
+    variants: dict[str, Variant] = {"bare": bare_variant()}
+    trackers = []
+    variants["host"], tracker = memspan_variant(sources=[HostMemorySource()])
+    trackers.append(tracker)
+    variants["sdk"], tracker = memspan_variant(sources=[HostMemorySource()],
+                                               config=memspan.MemspanConfig(span_mode="sdk"))
+    trackers.append(tracker)
     import torch  # noqa: F401  (loaded on purpose: the torch row)
 
-    torch_tracker = memspan.Tracker(tracer_provider=tracer_provider,
-                                    meter_provider=meter_provider)
-
-    def torch_phase(n: int) -> None:
-        for _ in range(n):
-            with torch_tracker.phase("phase"):
-                pass
-
-    results = interleaved_median(
-        {"bare": bare, "sdk": sdk_contract, "host": host_phase, "torch": torch_phase}, calls
-    )
-    base = results["bare"]
+    variants["torch"], tracker = memspan_variant()
+    trackers.append(tracker)
+    stormlog = stormlog_variant()
+    if stormlog is not None:
+        variants["stormlog"] = stormlog
+    for variant in variants.values():  # warm-up
+        variant.measure(max(1, calls // 4))
+        variant.caller.clear()
+        variant.total.clear()
+    for _ in range(rounds):
+        for variant in variants.values():
+            variant.measure(calls)
+    caller = {name: statistics.median(v.caller) for name, v in variants.items()}
+    total = {name: statistics.median(v.total) for name, v in variants.items()}
+    base_caller, base_total = caller["bare"], total["bare"]
     rows = [
-        Row("bare SDK span (same processor)", base, "us", "", 1.0),
-        Row("SDK span + contract attrs + 2 histograms", results["sdk"], "us", "", results["sdk"] / base),
-        Row("memspan.phase, host-only tracker", results["host"], "us", "<= 1.3x bare",
-            results["host"] / base, results["host"] / base <= 1.3),
-        Row("memspan.phase, torch loaded (CPU)", results["torch"], "us", "<= 1.3x bare",
-            results["torch"] / base, results["torch"] / base <= 1.3),
-        Row("memspan.phase / SDK contract span", results["host"] / results["sdk"], "x", "",
-            results["host"] / results["sdk"]),
+        Row("bare SDK span: caller's thread", base_caller, "us", "", 1.0),
+        Row("bare SDK span: total CPU", base_total, "us", "", 1.0),
+        Row("memspan.phase, host: caller's thread", caller["host"], "us", "<= 1.0x bare",
+            caller["host"] / base_caller, caller["host"] / base_caller <= 1.0),
+        Row("memspan.phase, host: total CPU", total["host"], "us", "<= 1.6x bare",
+            total["host"] / base_total, total["host"] / base_total <= 1.6),
+        Row("memspan.phase, torch loaded: caller's thread", caller["torch"], "us",
+            "<= 1.2x bare", caller["torch"] / base_caller, caller["torch"] / base_caller <= 1.2),
+        Row("memspan.phase, torch loaded: total CPU", total["torch"], "us", "",
+            total["torch"] / base_total),
+        Row("memspan.phase, sdk path (fallback): caller's thread", caller["sdk"], "us", "",
+            caller["sdk"] / base_caller),
+        Row("memspan.phase, sdk path (fallback): total CPU", total["sdk"], "us", "",
+            total["sdk"] / base_total),
     ]
-    host_tracker.shutdown()
-    torch_tracker.shutdown()
+    if "stormlog" in caller:
+        speedup = caller["stormlog"] / caller["host"]
+        rows.append(Row("Stormlog 0.4.3 CPU phase: caller's thread", caller["stormlog"], "us",
+                        "", caller["stormlog"] / base_caller))
+        rows.append(Row("memspan speed-up over Stormlog (caller's thread)", speedup, "x",
+                        ">= 2.5x", None, speedup >= 2.5))
+    else:
+        rows.append(Row("Stormlog 0.4.3 not installed (pip install '.[bench]')", 0.0, ""))
+    for tracker in trackers:
+        tracker.shutdown()
     report("phase_overhead", rows)
 
 

@@ -33,7 +33,8 @@ import os
 import threading
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from opentelemetry.context import Context
@@ -387,10 +388,20 @@ def build_span(phase: PhaseSpan, path: SpanPath, keep: bool) -> ReadableSpan:
     step = phase.step
     keep_reason = step.decision if step is not None and phase is step.root else None
     add_exit_attributes(phase, attributes, keep_reason)
-    if phase.extra_attributes:
-        attributes.update(phase.extra_attributes)
-    bounded = BoundedAttributes(limits.max_span_attributes, attributes, immutable=True,
-                                max_value_len=limits.max_span_attribute_length)
+    extra = phase.extra_attributes
+    if extra:
+        attributes.update(extra)
+    span_attributes: Mapping[str, Any]
+    if (extra or phase.sampling_attributes or limits.max_span_attribute_length is not None
+            or (limits.max_span_attributes is not None
+                and len(attributes) > limits.max_span_attributes)):
+        span_attributes = BoundedAttributes(limits.max_span_attributes, attributes,
+                                            immutable=True,
+                                            max_value_len=limits.max_span_attribute_length)
+    else:
+        # Every value is already an OTel attribute value (memspan's own figures, and user
+        # attributes cleaned when the phase opened) and within the limits: no second check.
+        span_attributes = MappingProxyType(attributes)
     events: Sequence[Event] = ()
     if phase.events:
         events = BoundedList.from_seq(limits.max_events, [
@@ -405,7 +416,7 @@ def build_span(phase: PhaseSpan, path: SpanPath, keep: bool) -> ReadableSpan:
         context=phase.span_context,
         parent=phase.parent_span_context,
         resource=tracer.resource,
-        attributes=bounded,
+        attributes=span_attributes,
         events=events,
         links=links,
         kind=SpanKind.INTERNAL,

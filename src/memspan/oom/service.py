@@ -156,23 +156,22 @@ class FlightRecorderService:
 
     # -- ring feeding ------------------------------------------------------------------------
     def phase_ended(self, phase: PhaseSpan) -> None:
-        """Both boundaries of a finished phase, with their own times (export worker)."""
+        """One ``phase_end`` ring event per finished phase, with its start and end figures
+        and times (export worker). Open phases are not in the ring: a dump and a breadcrumb
+        take them from the open-phase stack instead."""
+        event: dict[str, Any] = {"type": EventType.PHASE_END.value, "path": phase.path_text,
+                                 "scope_id": phase.scope_id, "start": phase.start_ns / 1e9,
+                                 "end": phase.end_ns / 1e9,
+                                 "duration_s": (phase.end_ns - phase.start_ns) / 1e9}
         entry = phase.entry
-        start: dict[str, Any] = {"type": EventType.PHASE_START.value, "path": phase.path_text,
-                                 "scope_id": phase.scope_id, "t": phase.start_ns / 1e9}
         if entry is not None:
             if entry.rss is not None:
-                start["rss"] = entry.rss
-            if entry.allocator is not None:
-                start["device"] = entry.allocator.device
-                start["allocated"] = entry.allocator.allocated
-                start["reserved"] = entry.allocator.reserved
-                self._ensure_observer()
-        ring = self.recorder.ring
-        ring.record_owned(start)
-        end: dict[str, Any] = {"type": EventType.PHASE_END.value, "path": phase.path_text,
-                               "scope_id": phase.scope_id, "t": phase.end_ns / 1e9,
-                               "duration_s": (phase.end_ns - phase.start_ns) / 1e9}
+                event["rss_start"] = entry.rss
+            allocator = entry.allocator
+            if allocator is not None:
+                event["device"] = allocator.device
+                event["allocated_start"] = allocator.allocated
+                event["reserved_start"] = allocator.reserved
         figures = phase.exit
         if figures is not None:
             for short, value in (("rss", figures.rss_end), ("rss_peak", figures.rss_peak),
@@ -180,10 +179,10 @@ class FlightRecorderService:
                                  ("allocated_peak", figures.allocated_peak),
                                  ("retained", figures.retained)):
                 if value is not None:
-                    end[short] = value
+                    event[short] = value
         if phase.error is not None:
-            end["error"] = phase.error
-        ring.record_owned(end)
+            event["error"] = phase.error
+        self.recorder.ring.record_owned(event)
         if self.breadcrumbs is not None:
             self.breadcrumbs.flush()
 
