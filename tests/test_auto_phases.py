@@ -42,12 +42,18 @@ def test_auto_phases_wrap_a_training_loop_and_come_off_cleanly(telemetry: Teleme
     counts: dict[str, int] = {}
     for span in spans:
         counts[span.name] = counts.get(span.name, 0) + 1
-    assert counts["forward"] == 3  # Sequential only, not its three submodules
+    assert counts["forward"] == 3  # Sequential only, not its three submodules (nor the loss)
     assert counts["backward"] == 3  # Tensor.backward, not again for autograd.backward inside it
     assert counts["optimizer.step"] == 3
-    assert counts["dataloader.next"] == 4  # three batches and the StopIteration
+    assert counts["dataloader.next"] == 3  # the fetch that finds the loader exhausted is no step
+    assert counts["step"] == 3  # one automatic step trace per iteration
+    steps = {s.context.span_id: s for s in spans if s.name == "step"}
+    assert len({s.context.trace_id for s in steps.values()}) == 3
+    for span in spans:
+        if span.name in ("forward", "backward", "optimizer.step", "dataloader.next"):
+            assert span.parent is not None and span.parent.span_id in steps, span.name
+            assert (span.attributes or {})[names.PHASE_PATH] == f"epoch / step / {span.name}"
     forward = next(s for s in spans if s.name == "forward")
-    assert (forward.attributes or {})[names.PHASE_PATH] == "epoch / forward"
     assert (forward.attributes or {})["module"] == "Sequential"
     assert all(s.status.is_ok for s in spans if s.name == "dataloader.next")
     assert nn.Module.__call__ is original_call
@@ -89,10 +95,53 @@ def test_hooks_install_lazily_when_torch_is_imported_later() -> None:
         auto.install()
         assert "torch" not in sys.modules  # installing never imports torch
         import torch
-        print("patched", getattr(torch.nn.Module.__call__, "__memspan_auto_phase__", False),
+        print("patched", hasattr(torch.nn.Module.__call__, "__wrapped__"),
               torch.cuda.is_initialized())
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert "patched True False" in result.stdout
+
+
+def test_auto_phases_never_double_annotated_code(telemetry: Telemetry) -> None:
+    tracker = telemetry.tracker
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(8, 3)
+
+        @tracker.phase("forward")  # the user's own phase on the same boundary
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.randn(8, 8), torch.randint(0, 3, (8,))),
+                        batch_size=4)
+    auto = TorchAutoPhases(lambda: tracker)
+    auto.install()
+    try:
+        for inputs, labels in loader:
+            with tracker.phase("step"):  # the user's own step
+                loss = nn.functional.cross_entropy(model(inputs), labels)
+                with tracker.phase("backward"):
+                    loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+    finally:
+        auto.uninstall()
+    spans = telemetry.finished()
+    paths = sorted(str((s.attributes or {})[names.PHASE_PATH]) for s in spans)
+    assert paths.count("step") == 2
+    assert paths.count("step / forward") == 2
+    assert paths.count("step / backward") == 2
+    assert paths.count("step / optimizer.step") == 2
+    assert paths.count("step / dataloader.next") == 2
+    assert not [p for p in paths if "forward / forward" in p or "backward / backward" in p]
+    assert not [s for s in spans if (s.attributes or {}).get("module") == "CrossEntropyLoss"]
+    by_id = {s.context.span_id: s for s in spans}
+    for span in spans:  # every parent is an exported span (no orphans from replaced phases)
+        if span.parent is not None:
+            assert span.parent.span_id in by_id, span.name

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Telemetry
 
+from conftest import Telemetry
 from memspan import MemspanConfig, names
 from memspan.step_sampling import StepSampler, StepSamplingConfig
 

@@ -1,18 +1,27 @@
-"""Phases for an un-annotated PyTorch loop: forward, backward, optimizer.step, dataloader.next.
+"""Phases for an un-annotated PyTorch loop: one step trace per iteration, forward, backward,
+optimizer.step and dataloader.next inside it.
 
 Installed by the instrumentor. memspan never imports torch for this: if torch is already
 imported the hooks go in at once, otherwise a one-shot import hook waits for ``import torch``
 to finish and installs them then (``opentelemetry-instrument`` loads memspan before the
-user's script imports anything).
+user's script imports anything). Patches use ``wrapt`` (the contrib idiom): each wrapped
+callable keeps ``__wrapped__``, and :meth:`TorchAutoPhases.uninstall` unwraps every one.
 
 Invariants:
 
+- One iteration is one automatic ``step`` phase that starts a trace: it opens at
+  ``DataLoader`` ``__next__`` (or at ``optimizer.step`` in a loop without a DataLoader) when no
+  trace-root phase runs in the context, and closes when ``optimizer.step`` returns or at the
+  next ``__next__``; the fetch that finds the DataLoader exhausted is not an iteration (that
+  step and its fetch are not exported).
 - ``forward`` wraps only the outermost ``nn.Module`` call (submodule calls inside it are not
-  phases), and ``backward`` only the outermost of ``Tensor.backward``/``torch.autograd.backward``
-  (the first calls the second): a per-context depth counter decides.
-- Every patch is recorded with the original it replaced; :meth:`TorchAutoPhases.uninstall`
-  puts every original back, and wrappers that are still referenced somewhere fall through to
-  the original once uninstalled.
+  phases) and never a loss module's; ``backward`` only the outermost of
+  ``Tensor.backward``/``torch.autograd.backward`` (the first calls the second).
+- Auto phases never double the user's: an auto phase is not opened where a user phase of the
+  same name is running, and a user phase opened directly inside an auto phase of its name takes
+  its place (:meth:`memspan.phase_core.PhaseCore.open`).
+- :meth:`TorchAutoPhases.uninstall` puts every original back, also where torch wrapped a
+  wrapper of ours again (its optimizer-step profiling hook does).
 - Exceptions (an OOM in forward, say) propagate unchanged through the wrappers; the phase
   records them like any other phase.
 """
@@ -20,18 +29,26 @@ Invariants:
 from __future__ import annotations
 
 import contextvars
-import functools
 import importlib.abc
 import importlib.machinery
+import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import wrapt
+from opentelemetry.instrumentation.utils import unwrap
+
 if TYPE_CHECKING:
+    from memspan.phase_core import PhaseCore
+    from memspan.phase_span import PhaseSpan
     from memspan.tracker import Tracker
 
+_logger = logging.getLogger(__name__)
+
+STEP = "step"
 FORWARD = "forward"
 BACKWARD = "backward"
 OPTIMIZER_STEP = "optimizer.step"
@@ -39,7 +56,9 @@ DATALOADER_NEXT = "dataloader.next"
 
 _forward_depth: contextvars.ContextVar[int] = contextvars.ContextVar("memspan_forward", default=0)
 _backward_depth: contextvars.ContextVar[int] = contextvars.ContextVar("memspan_backward", default=0)
-_MARK = "__memspan_auto_phase__"
+#: the automatic step open in this context (and the core that opened it)
+_auto_step: contextvars.ContextVar[tuple[PhaseCore, PhaseSpan] | None] = contextvars.ContextVar(
+    "memspan_auto_step", default=None)
 
 
 class TorchAutoPhases:
@@ -71,7 +90,10 @@ class TorchAutoPhases:
                 sys.meta_path.remove(self._finder)
             self._finder = None
             for owner, attribute, original in reversed(self._patches):
-                setattr(owner, attribute, original)
+                if isinstance(vars(owner).get(attribute), wrapt.ObjectProxy):
+                    unwrap(owner, attribute)
+                else:  # someone (torch's step profiling hook) wrapped our wrapper
+                    setattr(owner, attribute, original)
             self._patches.clear()
 
     @property
@@ -86,79 +108,127 @@ class TorchAutoPhases:
         with self._lock:
             if self._patches:
                 return
-            module_cls = torch.nn.Module
-            self._replace(module_cls, "__call__", self._nested_once(
-                module_cls.__call__, FORWARD, _forward_depth,
-                lambda args: {"module": type(args[0]).__name__}))
-            self._replace(torch.Tensor, "backward", self._nested_once(
-                torch.Tensor.backward, BACKWARD, _backward_depth, None))
-            self._replace(torch.autograd, "backward", self._nested_once(
-                torch.autograd.backward, BACKWARD, _backward_depth, None))
-            optimizer = torch.optim.Optimizer
-            self._replace(optimizer, "__init__", self._optimizer_init(optimizer.__init__))
-            for subclass in _all_subclasses(optimizer):
+            loss = torch.nn.modules.loss._Loss
+            self._wrap(torch.nn.Module, "__call__", self._forward(loss))
+            self._wrap(torch.Tensor, "backward", self._backward)
+            self._wrap(torch.autograd, "backward", self._backward)
+            self._wrap(torch.optim.Optimizer, "__init__", self._optimizer_init)
+            for subclass in _all_subclasses(torch.optim.Optimizer):
                 self._wrap_step(subclass)
             iterator = torch.utils.data.dataloader._BaseDataLoaderIter
-            self._replace(iterator, "__next__", self._simple(iterator.__next__, DATALOADER_NEXT))
+            self._wrap(iterator, "__next__", self._next_batch)
 
-    def _replace(self, owner: Any, attribute: str, wrapper: Any) -> None:
-        self._patches.append((owner, attribute, owner.__dict__.get(attribute, getattr(owner, attribute))))
-        setattr(owner, attribute, wrapper)
-
-    def _nested_once(self, original: Callable[..., Any], name: str,
-                     depth: contextvars.ContextVar[int],
-                     attributes: Callable[[Sequence[Any]], dict[str, Any]] | None
-                     ) -> Callable[..., Any]:
-        auto = self
-
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not auto.active or depth.get() > 0:
-                return original(*args, **kwargs)
-            token = depth.set(1)
-            try:
-                attrs = attributes(args) if attributes is not None else {}
-                with auto._tracker().phase(name, **attrs):
-                    return original(*args, **kwargs)
-            finally:
-                depth.reset(token)
-
-        setattr(wrapper, _MARK, True)
-        return wrapper
-
-    def _simple(self, original: Callable[..., Any], name: str) -> Callable[..., Any]:
-        auto = self
-
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not auto.active:
-                return original(*args, **kwargs)
-            with auto._tracker().phase(name):
-                return original(*args, **kwargs)
-
-        setattr(wrapper, _MARK, True)
-        return wrapper
-
-    def _optimizer_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        auto = self
-
-        @functools.wraps(original)
-        def wrapper(optimizer: Any, *args: Any, **kwargs: Any) -> None:
-            original(optimizer, *args, **kwargs)
-            if auto.active:
-                with auto._lock:
-                    auto._wrap_step(type(optimizer))
-
-        return wrapper
+    def _wrap(self, owner: Any, attribute: str, wrapper: Callable[..., Any]) -> None:
+        original = vars(owner).get(attribute, getattr(owner, attribute))
+        wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+        self._patches.append((owner, attribute, original))
 
     def _wrap_step(self, cls: type) -> None:
         step = cls.__dict__.get("step")
-        if step is None or getattr(step, _MARK, False):
+        if step is None or isinstance(step, wrapt.ObjectProxy):
             return
-        # functools.wraps copies __dict__, so torch's own "hooked" marker survives and torch
-        # does not wrap the step a second time.
-        self._patches.append((cls, "step", step))
-        setattr(cls, "step", self._simple(step, OPTIMIZER_STEP))  # noqa: B010
+        # The wrapper proxies attribute access, so torch's own "hooked" marker on the step
+        # stays visible and torch does not wrap the step a second time.
+        self._wrap(cls, "step", self._optimizer_step)
+
+    # -- the wrappers ---------------------------------------------------------------------------
+    def _core(self) -> PhaseCore | None:
+        if not self.active:
+            return None
+        return self._tracker().phases
+
+    def _forward(self, loss_type: type) -> Callable[..., Any]:
+        def wrapper(wrapped: Callable[..., Any], module: Any, args: Any, kwargs: Any) -> Any:
+            core = self._core()
+            if core is None or _forward_depth.get() > 0 or isinstance(module, loss_type):
+                return wrapped(*args, **kwargs)
+            token = _forward_depth.set(1)
+            try:
+                return _in_phase(core, FORWARD, {"module": type(module).__name__}, wrapped,
+                                 args, kwargs)
+            finally:
+                _forward_depth.reset(token)
+
+        return wrapper
+
+    def _backward(self, wrapped: Callable[..., Any], instance: Any, args: Any,
+                  kwargs: Any) -> Any:
+        core = self._core()
+        if core is None or _backward_depth.get() > 0:
+            return wrapped(*args, **kwargs)
+        token = _backward_depth.set(1)
+        try:
+            return _in_phase(core, BACKWARD, None, wrapped, args, kwargs)
+        finally:
+            _backward_depth.reset(token)
+
+    def _optimizer_init(self, wrapped: Callable[..., Any], optimizer: Any, args: Any,
+                        kwargs: Any) -> None:
+        wrapped(*args, **kwargs)
+        if self.active:
+            with self._lock:
+                self._wrap_step(type(optimizer))
+
+    def _optimizer_step(self, wrapped: Callable[..., Any], instance: Any, args: Any,
+                        kwargs: Any) -> Any:
+        core = self._core()
+        if core is None:
+            return wrapped(*args, **kwargs)
+        _open_step(core)  # a loop without a DataLoader: the optimizer step is the step
+        try:
+            return _in_phase(core, OPTIMIZER_STEP, None, wrapped, args, kwargs)
+        finally:
+            _close_step()
+
+    def _next_batch(self, wrapped: Callable[..., Any], instance: Any, args: Any,
+                    kwargs: Any) -> Any:
+        core = self._core()
+        if core is None:
+            return wrapped(*args, **kwargs)
+        _close_step()  # the previous iteration ends where the next batch is fetched
+        _open_step(core)
+        try:
+            return _in_phase(core, DATALOADER_NEXT, None, wrapped, args, kwargs)
+        except StopIteration:
+            _close_step(discard=True)  # the loop is over: the empty fetch is not an iteration
+            raise
+
+
+def _in_phase(core: PhaseCore, name: str, attributes: dict[str, Any] | None,
+              wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    phase = core.open(name, attributes, auto=True)
+    if phase is None:  # a user phase of this name runs here (or memspan failed): no double
+        return wrapped(*args, **kwargs)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as error:
+        core.close(phase, error)
+        raise
+    core.close(phase, None)
+    return result
+
+
+def _open_step(core: PhaseCore) -> bool:
+    """Open an automatic step where no trace-root phase runs; True when one was opened."""
+    if _auto_step.get() is not None or core.in_trace_root():
+        return False
+    phase = core.open(STEP, None, True, auto=True)
+    if phase is None:
+        return False
+    _auto_step.set((core, phase))
+    return True
+
+
+def _close_step(*, discard: bool = False) -> None:
+    """Close the automatic step of this context; ``discard``: export nothing of it."""
+    opened = _auto_step.get()
+    if opened is None:
+        return
+    _auto_step.set(None)
+    core, phase = opened
+    if discard:
+        phase.dissolved = True
+    core.close(phase, None)
 
 
 def _all_subclasses(cls: type) -> list[type]:
@@ -204,10 +274,7 @@ class _CallbackLoader(importlib.abc.Loader):
         try:
             self._callback(module)
         except Exception as error:  # never break the user's import
-            import logging
-
-            logging.getLogger(__name__).warning("memspan: torch auto phases not installed: %s",
-                                                error)
+            _logger.warning("memspan: torch auto phases not installed: %s", error)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)

@@ -119,6 +119,15 @@ class PhaseCore:
             self._root_random = bool(random_ids()) if random_ids is not None else False
 
     # -- reading the nesting ----------------------------------------------------------------------
+    def in_trace_root(self) -> bool:
+        """Whether a running phase of the current context started a trace (is in a step)."""
+        phase = self.current()
+        while phase is not None:
+            if phase.trace_root:
+                return True
+            phase = phase.parent
+        return False
+
     def current(self, context: Context | None = None) -> PhaseSpan | None:
         """The innermost phase still running in ``context`` (default: the current one)."""
         ctx = context if context is not None else otel_context.get_current()
@@ -129,12 +138,18 @@ class PhaseCore:
 
     # -- entering -----------------------------------------------------------------------------------
     def open(self, name: str, attributes: Mapping[str, Any] | None = None,
-             trace_root: bool | None = None, frame: FrameType | None = None
-             ) -> PhaseSpan | None:
+             trace_root: bool | None = None, frame: FrameType | None = None,
+             *, auto: bool = False) -> PhaseSpan | None:
         """Open a phase; ``None`` when memspan itself failed (counted; the block still runs).
 
         A bad name or bad attributes raise (``ValueError``/``TypeError`` naming them): that is
         the caller's mistake, found before anything changed.
+
+        Auto phases (``auto=True``, from the torch hooks) never double the user's: one is not
+        opened (``None``) where the innermost running phase has its name, and a user phase
+        opened directly inside an auto phase of the same name takes its place (same span
+        identity, so phases that already ended under it keep their parent); the auto phase
+        is then never exported.
         """
         clean = self._names.get(name)
         if clean is None:
@@ -143,7 +158,11 @@ class PhaseCore:
                 self._names[name] = clean
         user = clean_attributes(attributes, self.ledger) if attributes else None
         try:
-            return self._open(clean, user, trace_root, frame)
+            if auto:
+                current = self.current()
+                if current is not None and current.name == clean:
+                    return None
+            return self._open(clean, user, trace_root, frame, auto)
         except Exception as failure:
             self.ledger.add(CALLBACK_ERROR, warning=(
                 f"opening phase {clean!r} failed ({type(failure).__name__}: {failure}); "
@@ -151,13 +170,16 @@ class PhaseCore:
             return None
 
     def _open(self, clean: str, user: dict[str, Any] | None, trace_root: bool | None,
-              frame: FrameType | None) -> PhaseSpan:
+              frame: FrameType | None, auto: bool) -> PhaseSpan:
         ctx = otel_context.get_current()
         base = ctx
         parent: PhaseSpan | None = ctx.get(self._key)  # type: ignore[assignment]
         while parent is not None and _stale(parent):
             base = _before(parent, base)
             parent = parent.parent
+        if (not auto and parent is not None and parent.auto and parent.name == clean
+                and self._fast and base is ctx):
+            return self._take_over(parent, user, frame, ctx)
         if parent is None:
             path: tuple[str, ...] = (clean,)
             path_text = clean
@@ -174,6 +196,7 @@ class PhaseCore:
                           sequence, self.session_id, self.rank)
         if user:
             phase.attributes = user
+        phase.auto = auto
         if frame is not None and frame.f_code.co_flags & _GENERATOR_FLAGS:
             phase.gen_frame = frame
         outer = base.get(_SPAN_KEY)
@@ -186,6 +209,36 @@ class PhaseCore:
             current: trace.Span = phase
         else:
             current = self._start_sdk_span(phase, outer, base, is_root)
+        self._enter(phase, ctx, current)
+        return phase
+
+    def _take_over(self, auto_phase: PhaseSpan, user: dict[str, Any] | None,
+                   frame: FrameType | None, ctx: Context) -> PhaseSpan:
+        """A user phase in the place (and with the span identity) of an auto phase."""
+        sequence = next(self._sequence)
+        phase = PhaseSpan(auto_phase.name, auto_phase.path, auto_phase.path_text,
+                          auto_phase.parent, f"{self.session_id}:{sequence}", sequence,
+                          self.session_id, self.rank)
+        if user:
+            phase.attributes = user
+        if frame is not None and frame.f_code.co_flags & _GENERATOR_FLAGS:
+            phase.gen_frame = frame
+        phase.span_context = auto_phase.span_context
+        phase.parent_span_context = auto_phase.parent_span_context
+        phase.links = auto_phase.links
+        phase.recording = auto_phase.recording
+        phase.sampling_attributes = auto_phase.sampling_attributes
+        phase.outer_span = auto_phase.outer_span
+        phase.trace_root = auto_phase.trace_root
+        step = phase.step = auto_phase.step
+        if step is not None and step.root is auto_phase:
+            step.root = phase
+        auto_phase.dissolved = True
+        self._enter(phase, ctx, phase)
+        return phase
+
+    def _enter(self, phase: PhaseSpan, ctx: Context, current: trace.Span) -> None:
+        """Entry figures, start time, and the phase made current (the last step of opening)."""
         entry = phase.entry = self._boundary.entry()
         if entry.allocator is not None and self.on_first_device_phase is not None:
             hook, self.on_first_device_phase = self.on_first_device_phase, None
@@ -198,7 +251,6 @@ class PhaseCore:
         values[self._key] = phase
         values[_SPAN_KEY] = current
         phase.context_token = otel_context.attach(Context(values))
-        return phase
 
     def _span_parent(self, phase: PhaseSpan, outer: Any, is_root: bool
                      ) -> tuple[SpanContext | None, bool]:

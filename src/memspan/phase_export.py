@@ -211,6 +211,8 @@ class PhaseExporter:
         keeps_all = path.mode == SDK or self.steps.keeps_all
         for phase in batch:
             step = phase.step
+            if phase.dissolved or (step is not None and step.root.dissolved):
+                continue  # a user phase took its place, or an auto step that was no iteration
             if step is None:
                 decided.append((phase, True))
             elif keeps_all:

@@ -49,6 +49,8 @@ class PhaseSpan(OpenScope, trace.Span):
     """One phase from entry to export (see the module docstring)."""
 
     __slots__ = (
+        "auto",
+        "dissolved",
         "end_ns",
         "entry",
         "error",
@@ -110,6 +112,10 @@ class PhaseSpan(OpenScope, trace.Span):
         self.error: str | None = None
         self.oom = False
         self.misnested: str | None = None
+        #: opened by auto-instrumentation (torch hooks), not by the user's code
+        self.auto = False
+        #: an auto phase whose place a user phase of the same name took: never exported
+        self.dissolved = False
         self.gen_frame: FrameType | None = None
         # figures and times
         self.start_ns = 0

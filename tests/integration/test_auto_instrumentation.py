@@ -73,10 +73,13 @@ def test_auto_phases_and_metrics_reach_a_real_otlp_receiver(tmp_path: Path) -> N
     assert len(by_name["forward"]) == 4  # the outermost module call only, once per batch
     assert len(by_name["backward"]) == 4
     assert len(by_name["optimizer.step"]) == 4
-    assert len(by_name["dataloader.next"]) >= 4
+    assert len(by_name["dataloader.next"]) == 4  # the exhausted fetch is no iteration
+    assert len(by_name["step"]) == 4  # one automatic step per iteration...
+    traces = {span.trace_id for span in spans}  # type: ignore[attr-defined]
+    assert len(traces) == 4  # ...and one trace per step, holding all of its phases
     forward = by_name["forward"][0]
     attrs = attributes_of(forward.attributes)  # type: ignore[attr-defined]
-    assert attrs[names.PHASE_PATH] == "forward"
+    assert attrs[names.PHASE_PATH] == "step / forward"
     assert attrs["module"] == "Sequential"
     assert names.RSS_PEAK in attrs and names.RETAINED in attrs
     assert {names.PROCESS_MEMORY_USAGE, names.PHASE_DURATION, names.PHASE_MEMORY_PEAK} <= metric_names
