@@ -27,9 +27,9 @@ def test_ring_is_bounded_by_count_and_counts_drops() -> None:
     for i in range(500):
         ring.record({"type": "phase_start", "i": i})
     events = ring.snapshot()
-    assert len(events) == 75  # rare events get three quarters of the budget
-    assert [e["i"] for e in events] == list(range(425, 500))
-    assert ledger.count("ring_overflow") == 425
+    assert len(events) == 100  # buffer_size events in total: rare events may use all of it
+    assert [e["i"] for e in events] == list(range(400, 500))
+    assert ledger.count("ring_overflow") == 400
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
 
 
@@ -46,7 +46,7 @@ def test_samples_never_evict_the_rare_events() -> None:
 
 def test_ring_is_bounded_by_bytes_and_truncates_oversized_events() -> None:
     ledger = DropLedger()
-    ring = EventRing(10_000, max_bytes=40_000, max_event_bytes=4_000, ledger=ledger)
+    ring = EventRing(10_000, max_bytes=40_000, max_bytes_per_event=4_000, ledger=ledger)
     ring.record({"type": "user", "blob": "x" * 100_000})
     (event,) = ring.snapshot()
     assert event["_truncated"] is True and len(event["blob"]) < 2000

@@ -88,3 +88,7 @@ PHASE_DURATION: Final = "memspan.phase.duration"
 PHASE_MEMORY_PEAK: Final = "memspan.phase.memory.peak"
 OOM_COUNT: Final = "memspan.oom.count"
 RECORDER_DROPPED: Final = "memspan.recorder.dropped"
+
+# -- OOM figures parsed from the allocator's message (appended by the OOM evidence work) --------
+OOM_ALLOCATED_BYTES: Final = "memspan.oom.allocated_bytes"
+OOM_RESERVED_UNALLOCATED_BYTES: Final = "memspan.oom.reserved_unallocated_bytes"

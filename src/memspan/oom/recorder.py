@@ -9,6 +9,9 @@ each get their own bundle).
 Dumps are rate limited (``max_dumps_per_minute``, default 10): a program that hits OOMs in a
 tight loop gets its first bundles and then only counted, skipped dumps.
 
+Each bundle written is announced in one line on stderr (where it is and the command that
+shows it); set ``announce = False`` on the recorder to silence it.
+
 Invariant: ``dump`` never raises. A dump that cannot be written (unwritable directory, full
 disk, ``MemoryError`` while writing) returns ``None`` and :meth:`write_dump` reports the
 error so the span can say ``memspan.oom.dump.error``.
@@ -22,6 +25,7 @@ import itertools
 import logging
 import os
 import platform
+import shlex
 import sys
 import threading
 import time
@@ -32,8 +36,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from memspan.drops import DUMP_FAILED, DUMP_RATE_LIMITED, DropLedger
-from memspan.oom.bundle import BundleContent, allowed_environment, bundle_name, write_bundle
-from memspan.oom.classify import OOMExceptionClassification, classify_oom_exception
+from memspan.oom.bundle import (
+    MAX_EVENTS_FILE_BYTES,
+    BundleContent,
+    allowed_environment,
+    bundle_name,
+    write_bundle,
+)
+from memspan.oom.classify import OOMExceptionClassification, classify_oom_exception, exception_text
 from memspan.oom.retention import prune
 from memspan.oom.ring import EventRing
 from memspan.version import __version__
@@ -116,8 +126,10 @@ class OOMFlightRecorder:
         self._sequence = itertools.count(1)
         self._dump_lock = threading.Lock()
         self.time_budget_s = 10.0
-        self.max_event_bytes = 64 << 20
+        self.max_events_file_bytes = MAX_EVENTS_FILE_BYTES
         self.max_dumps_per_minute = 10
+        #: print one line on stderr for each bundle written
+        self.announce = True
         self._recent_dumps: collections.deque[float] = collections.deque()
 
     # -- Stormlog API ------------------------------------------------------------------------
@@ -166,7 +178,8 @@ class OOMFlightRecorder:
                 name = bundle_name(self.rank, os.getpid(), next(self._sequence))
                 path = write_bundle(
                     self.config.dump_dir, name, self._content(request, name),
-                    max_event_bytes=self.max_event_bytes, time_budget_s=self.time_budget_s,
+                    max_events_file_bytes=self.max_events_file_bytes,
+                    time_budget_s=self.time_budget_s,
                 )
             except BaseException as error:  # MemoryError included: report, never mask
                 if isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -182,7 +195,9 @@ class OOMFlightRecorder:
                 ).removed)
             except OSError as error:
                 _logger.warning("memspan: pruning %s failed: %s", self.config.dump_dir, error)
-            return DumpResult(path, None, removed)
+        if self.announce:
+            announce_bundle(path)
+        return DumpResult(path, None, removed)
 
     def _rate_limited(self) -> bool:
         """A program failing in a tight loop must not spend its life writing bundles."""
@@ -218,7 +233,7 @@ class OOMFlightRecorder:
             "exception": None if exception is None else {
                 "type": type(exception).__qualname__,
                 "module": type(exception).__module__,
-                "message": str(exception)[:65536],
+                "message": exception_text(exception)[:65536],
             },
             "context": request.context,
             "classification": dataclasses.asdict(c),
@@ -229,7 +244,7 @@ class OOMFlightRecorder:
             summary = request.session_summary
             metadata["session_summary"] = (
                 dataclasses.asdict(summary) if dataclasses.is_dataclass(summary)
-                and not isinstance(summary, type) else str(summary)
+                and not isinstance(summary, type) else _text(summary)
             )
         memory: dict[str, Any] = {}
         if self.memory_provider is not None:
@@ -248,6 +263,23 @@ class OOMFlightRecorder:
             events=self.ring.snapshot(),
             cuda_snapshot=request.cuda_snapshot,
         )
+
+
+def _text(value: object) -> str:
+    try:
+        return str(value)
+    except Exception as error:
+        return f"<unprintable {type(value).__name__}: {type(error).__name__}>"
+
+
+def announce_bundle(path: str) -> None:
+    """One line on stderr: where the bundle is and how to look at it (never raises)."""
+    line = f"memspan: OOM bundle written; look at it with: memspan dumps show {shlex.quote(path)}\n"
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except Exception:  # no stderr (closed, detached): the span still carries the path
+        pass
 
 
 def environment_report() -> dict[str, Any]:
