@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
+from typing import Any
+
 import pytest
 import torch
 
 from memspan import classify_oom_exception
+
+# Python 3.10 has no exception groups: those tests skip there
+EXCEPTION_GROUP: Any = getattr(builtins, "ExceptionGroup", None)
+BASE_EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)
+needs_groups = pytest.mark.skipif(EXCEPTION_GROUP is None, reason="no ExceptionGroup before 3.11")
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -137,14 +145,15 @@ def test_an_exception_whose_str_raises_is_classified_without_raising() -> None:
     assert result.kind == "device_oom" and result.requested_bytes is None
 
 
+@needs_groups
 def test_an_exception_group_holding_an_oom_is_an_oom() -> None:
-    group = ExceptionGroup("batch", [ValueError("bad row"), MemoryError()])
+    group = EXCEPTION_GROUP("batch", [ValueError("bad row"), MemoryError()])
     assert classify_oom_exception(group).kind == "host_oom"
-    nested = BaseExceptionGroup("outer", [KeyboardInterrupt(), ExceptionGroup(
+    nested = BASE_EXCEPTION_GROUP("outer", [KeyboardInterrupt(), EXCEPTION_GROUP(
         "inner", [torch.OutOfMemoryError(NEW_CUDA)])])
     result = classify_oom_exception(nested)
     assert result.kind == "device_oom" and result.requested_bytes == 2 * GIB
-    assert not classify_oom_exception(ExceptionGroup("x", [ValueError("out of memory")])).is_oom
+    assert not classify_oom_exception(EXCEPTION_GROUP("x", [ValueError("out of memory")])).is_oom
 
 
 def test_a_group_is_recognised_by_its_exceptions_attribute() -> None:
@@ -163,8 +172,9 @@ def test_a_group_is_recognised_by_its_exceptions_attribute() -> None:
     assert not classify_oom_exception(OddAttribute()).is_oom
 
 
+@needs_groups
 def test_a_huge_group_is_bounded() -> None:
-    group = ExceptionGroup("many", [ValueError(str(i)) for i in range(10_000)] + [MemoryError()])
+    group = EXCEPTION_GROUP("many", [ValueError(str(i)) for i in range(10_000)] + [MemoryError()])
     assert not classify_oom_exception(group).is_oom  # beyond the bound: not looked at, no hang
 
 

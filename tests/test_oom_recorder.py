@@ -268,7 +268,7 @@ def test_the_total_byte_budget_holds_for_mixed_events() -> None:
     events = [{k: v for k, v in e.items() if k not in ("seq", "ts")} for e in ring.snapshot()]
     sizes = [estimate_size(e) for e in events]
     assert sum(sizes) <= 50_000 and sum(sizes) > 50_000 - 2 * max(sizes)  # full, within bound
-    assert sum(s for s, e in zip(sizes, events) if e["type"] == "sample") <= 50_000 // 4
+    assert sum(s for s, e in zip(sizes, events, strict=True) if e["type"] == "sample") <= 50_000 // 4
 
 
 def test_size_names_say_what_they_bound(tmp_path: Path) -> None:
