@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from memspan import names
 from memspan.drops import DUMP_FAILED, DUMP_RATE_LIMITED, DropLedger
 from memspan.oom.bundle import (
     MAX_EVENTS_FILE_BYTES,
@@ -120,7 +121,7 @@ class OOMFlightRecorder:
         self.ledger = ledger if ledger is not None else DropLedger()
         self.ring = EventRing(config.buffer_size, ledger=self.ledger)
         identity = dict(rank_identity or {})
-        self.rank = int(identity.get("memspan.rank", 0))
+        self.rank = int(identity.get(names.RANK, 0))
         self.rank_identity = identity
         self.memory_provider = memory_provider
         self._sequence = itertools.count(1)
@@ -225,8 +226,8 @@ class OOMFlightRecorder:
             "scope_id": request.scope_id,
             "session_id": request.session_id,
             "rank": self.rank,
-            "local_rank": self.rank_identity.get("memspan.local_rank"),
-            "world_size": self.rank_identity.get("memspan.world_size"),
+            "local_rank": self.rank_identity.get(names.LOCAL_RANK),
+            "world_size": self.rank_identity.get(names.WORLD_SIZE),
             "pid": os.getpid(),
         }
         metadata: dict[str, Any] = {
