@@ -229,38 +229,35 @@ class FlightRecorderService:
         return classification
 
     def on_phase_error(self, phase: LivePhase, error: BaseException) -> None:
-        try:
-            classification = self._claim(error)
-            if classification is None:
-                return
-            scope = phase.scope
-            self._respond(error, classification, phase.span, enclosing_non_phase_span(scope),
-                          scope, context=scope.path_text)
-        except Exception as failure:
-            self._count_failure(failure)
+        classification = self._claim(error)
+        if classification is None:
+            return
+        scope = phase.scope
+        self._respond(error, classification, phase.span, enclosing_non_phase_span(scope), scope,
+                      context=scope.path_text)
 
     def capture(self, error: BaseException, context: str | None,
                 metadata: Mapping[str, Any] | None) -> None:
-        """An OOM caught by :func:`memspan.capture_oom` (not yet handled by a phase).
+        """An OOM caught by :func:`memspan.capture_oom` (not yet handled by a phase)."""
+        classification = self._claim(error)
+        if classification is None:
+            return
+        span = trace.get_current_span()
+        self._respond(error, classification, span if span.is_recording() else None, None,
+                      self.tracker.recorder.current(), context=context, metadata=metadata)
 
-        Never raises: the caller re-raises the user's exception right after.
-        """
+    def capture_quietly(self, error: BaseException, context: str | None,
+                        metadata: Mapping[str, Any] | None = None) -> None:
+        """:meth:`capture` for callers about to re-raise or print the user's exception: a
+        failure here is counted, never raised over theirs."""
         try:
-            classification = self._claim(error)
-            if classification is None:
-                return
-            span = trace.get_current_span()
-            self._respond(error, classification, span if span.is_recording() else None, None,
-                          self.tracker.recorder.current(), context=context, metadata=metadata)
+            self.capture(error, context, metadata)
         except Exception as failure:
-            self._count_failure(failure)
-
-    def _count_failure(self, failure: Exception) -> None:
-        try:
-            self.tracker.ledger.add(CALLBACK_ERROR, warning="handling an OOM failed: "
-                                    f"{type(failure).__name__}")
-        except Exception:
-            pass
+            try:
+                self.tracker.ledger.add(CALLBACK_ERROR, warning="handling an OOM failed: "
+                                        f"{type(failure).__name__}")
+            except Exception:
+                pass
 
     def _respond(self, error: BaseException, classification: OOMExceptionClassification,
                  span: trace.Span | None, extra_span: trace.Span | None,
@@ -327,7 +324,7 @@ class FlightRecorderService:
                     tb: TracebackType | None) -> None:
         """Dump an uncaught OOM, then always hand the exception to the previous hook."""
         try:
-            self.capture(exc, "uncaught exception", None)
+            self.capture_quietly(exc, "uncaught exception")
         finally:
             previous = self._previous_excepthook or sys.__excepthook__
             previous(exc_type, exc, tb)
@@ -337,9 +334,7 @@ class FlightRecorderService:
         try:
             if args.exc_value is not None:
                 thread = _thread_name(args.thread)
-                self.capture(args.exc_value, f"uncaught exception in thread {thread}", None)
-        except Exception as failure:
-            self._count_failure(failure)
+                self.capture_quietly(args.exc_value, f"uncaught exception in thread {thread}")
         finally:
             previous = self._previous_threading_hook or threading.__excepthook__
             previous(args)
@@ -432,8 +427,5 @@ def capture_oom_block(service: FlightRecorderService | None, context: str | None
         yield
     except BaseException as error:
         if service is not None:
-            try:
-                service.capture(error, context, metadata)
-            except Exception:  # capture never raises; this guard keeps the promise regardless
-                pass
+            service.capture_quietly(error, context, metadata)
         raise
