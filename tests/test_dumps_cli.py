@@ -187,6 +187,8 @@ def test_wrong_shapes_in_the_manifest_are_skipped_and_counted(tmp_path: Path,
                                           "reserved_unallocated_bytes": 10 ** 30}}),
     ("phases_json", {"files": [1]}),
     ("phases_json", [1, "two", {"name": 3, "attributes": "x"}]),
+    ("phases_json", "[" + json.dumps({"name": "deep", "attributes": {"a": "PLACEHOLDER"}})
+     .replace('"PLACEHOLDER"', "[" * 900 + "]" * 900) + "]"),
     ("memory_json", {"torch": {"devices": {"cuda:0": {"memory_stats": {"allocated_bytes": 5}}}},
                      "host": []}),
     ("memory_json", "[" * 100_000 + "]" * 100_000),

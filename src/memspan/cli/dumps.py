@@ -269,10 +269,13 @@ def _attributes(values: Mapping[str, Any], limit: int = 16) -> str:
     return " ".join(parts)
 
 
-def _scalar(value: Any) -> str:
+def _scalar(value: Any, depth: int = 0) -> str:
+    """A short rendering of an attribute value (lists to two levels, objects elided)."""
     if isinstance(value, list):
-        return "[" + ", ".join(_scalar(v) for v in value[:8]) + (", ...]" if len(value) > 8
-                                                                 else "]")
+        if depth >= 2:
+            return "[...]"
+        inner = ", ".join(_scalar(v, depth + 1) for v in value[:8])
+        return f"[{inner}, ...]" if len(value) > 8 else f"[{inner}]"
     if isinstance(value, dict):
         return "{...}"
     if isinstance(value, bool):
