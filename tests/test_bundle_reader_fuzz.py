@@ -90,6 +90,9 @@ def content(name: str) -> st.SearchStrategy[tuple[str, Any]]:
         st.sampled_from([("link", "/dev/zero"), ("link", "../outside.txt"), ("link", "missing"),
                          ("link", "."), ("fifo", None), ("dir", None)]),
         st.integers(min_value=1, max_value=8 << 30).map(lambda size: ("sparse", size)),
+        st.integers(min_value=1, max_value=3_000).map(  # nesting deeper than Python recurses
+            lambda n: ("bytes", b'{"name": "x", "attributes": {"a": ' + b"[" * n + b"]" * n
+                       + b"}}")),
     ]
     if name == "events.jsonl":
         options.append(st.lists(st.one_of(EVENT, JSON_VALUES), max_size=8).map(

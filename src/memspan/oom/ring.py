@@ -128,9 +128,15 @@ class EventRing:
             if is_sample:
                 self._samples.append(entry)
                 self._sample_bytes += size
+                over = (len(self._samples) > self.max_sample_events
+                        or self._sample_bytes > self.max_sample_bytes)
             else:
                 self._rare.append(entry)
                 self._rare_bytes += size
+                over = False
+            if not over and (len(self._samples) + len(self._rare) <= self.capacity
+                             and self._sample_bytes + self._rare_bytes <= self.max_bytes):
+                return  # within every bound: the common case while the ring fills
             evicted = self._evict()
         if evicted:
             self.ledger.add(RING_OVERFLOW, evicted)
@@ -144,18 +150,21 @@ class EventRing:
         """
         evicted = 0
         samples, rare = self._samples, self._rare
-        while samples and (len(samples) > self.max_sample_events
-                           or (self._sample_bytes > self.max_sample_bytes and len(samples) > 1)):
-            self._sample_bytes -= samples.popleft()[3]
+        sample_bytes, rare_bytes = self._sample_bytes, self._rare_bytes
+        while len(samples) > 1 and (len(samples) > self.max_sample_events
+                                    or sample_bytes > self.max_sample_bytes):
+            sample_bytes -= samples.popleft()[3]
             evicted += 1
-        while (len(samples) + len(rare) > self.capacity
-               or (self._sample_bytes + self._rare_bytes > self.max_bytes
-                   and len(samples) + len(rare) > 1)):
+        count = len(samples) + len(rare)
+        capacity, max_bytes = self.capacity, self.max_bytes
+        while count > capacity or (sample_bytes + rare_bytes > max_bytes and count > 1):
             if samples and (not rare or samples[0][0] < rare[0][0]):
-                self._sample_bytes -= samples.popleft()[3]
+                sample_bytes -= samples.popleft()[3]
             else:
-                self._rare_bytes -= rare.popleft()[3]
+                rare_bytes -= rare.popleft()[3]
+            count -= 1
             evicted += 1
+        self._sample_bytes, self._rare_bytes = sample_bytes, rare_bytes
         return evicted
 
     def _shrink(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
