@@ -163,6 +163,7 @@ def render_bundle(bundle: Bundle, event_count: int) -> list[str]:
     schema = bundle.schema
     out = [f"bundle {printable(bundle.path, 400)}"]
     manifest = bundle.manifest
+    missing: list[str] = []
     if manifest is None:
         out.append("  CORRUPT OR PARTIAL: manifest.json is "
                    f"{printable(bundle.problems.get('manifest.json'), 80)}")
@@ -184,8 +185,9 @@ def render_bundle(bundle: Bundle, event_count: int) -> list[str]:
         out.append(f"    python -m torch.cuda._memory_viz trace_plot "
                    f"{printable(shlex.quote(snapshot), 400)} -o {printable(shlex.quote(html), 400)}")
         out.append(f"    ({PICKLE_WARNING})")
+    shown_inline = {"manifest.json", "phases.json", *missing}
     for name, problem in bundle.problems.items():
-        if name != "manifest.json":  # a manifest problem is the first line already
+        if name not in shown_inline:
             out.append(f"  {name}: {printable(problem, 120)}")
     if schema.skipped:
         out.append(f"  {schema.skipped} value(s) did not fit the bundle schema and were skipped")
