@@ -177,6 +177,7 @@ def test_wrong_shapes_in_the_manifest_are_skipped_and_counted(tmp_path: Path,
     shown = cli("show", str(bundle)).stdout
     assert "did not fit the bundle schema and were skipped" in shown
     assert "../../etc/passwd" not in shown
+    assert "did not fit the bundle schema" in cli("list", str(tmp_path)).stdout
 
 
 @pytest.mark.parametrize(("name", "content"), [

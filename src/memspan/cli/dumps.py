@@ -121,7 +121,9 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def _list_rows(header: str, bundles: Iterable[Any]) -> Iterable[str]:
+    """The listing, one bundle a line, then how many manifest values were skipped (if any)."""
     yield header
+    skipped = 0
     for entry in bundles:
         stamp = entry.name.split("_", 1)[0]
         when = f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}"
@@ -142,8 +144,11 @@ def _list_rows(header: str, bundles: Iterable[Any]) -> Iterable[str]:
         reason = printable(schema.text(manifest, "reason"), 32)
         path = schema.text(manifest, "phase_path")
         rank_text = "?" if rank is None else str(rank)
+        skipped += schema.skipped
         yield (f"{when:<20} {rank_text:>4}  {kind:<13} {reason:<32} {size:>10}  "
                f"{printable(path or '-', 200)}")
+    if skipped:
+        yield f"{skipped} manifest value(s) did not fit the bundle schema and were skipped"
 
 
 # -- show ----------------------------------------------------------------------------------
