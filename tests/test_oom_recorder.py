@@ -18,7 +18,7 @@ from memspan.drops import DropLedger
 from memspan.oom import bundle as bundle_module
 from memspan.oom.bundle import BUNDLE_NAME
 from memspan.oom.retention import list_bundles, prune
-from memspan.oom.ring import EventRing
+from memspan.oom.ring import EventRing, estimate_size
 
 
 def test_ring_is_bounded_by_count_and_counts_drops() -> None:
@@ -27,9 +27,9 @@ def test_ring_is_bounded_by_count_and_counts_drops() -> None:
     for i in range(500):
         ring.record({"type": "phase_start", "i": i})
     events = ring.snapshot()
-    assert len(events) == 75  # rare events get three quarters of the budget
-    assert [e["i"] for e in events] == list(range(425, 500))
-    assert ledger.count("ring_overflow") == 425
+    assert len(events) == 100  # buffer_size events in total: rare events may use all of it
+    assert [e["i"] for e in events] == list(range(400, 500))
+    assert ledger.count("ring_overflow") == 400
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
 
 
@@ -46,7 +46,7 @@ def test_samples_never_evict_the_rare_events() -> None:
 
 def test_ring_is_bounded_by_bytes_and_truncates_oversized_events() -> None:
     ledger = DropLedger()
-    ring = EventRing(10_000, max_bytes=40_000, max_event_bytes=4_000, ledger=ledger)
+    ring = EventRing(10_000, max_bytes=40_000, max_bytes_per_event=4_000, ledger=ledger)
     ring.record({"type": "user", "blob": "x" * 100_000})
     (event,) = ring.snapshot()
     assert event["_truncated"] is True and len(event["blob"]) < 2000
@@ -222,3 +222,86 @@ def test_read_only_location_is_reported_not_raised() -> None:
                                                          dump_dir="/proc/memspan-dumps"))
     assert recorder.dump(reason="x", exception=MemoryError(), context=None, backend="cpu") is None
     assert recorder.ledger.count("dump_failed") == 1
+
+
+# -- buffer_size is the number of events kept ---------------------------------------------------
+def test_a_full_ring_keeps_buffer_size_events() -> None:
+    """Stormlog's meaning: a ring of 10,000 keeps 10,000 events, not a fixed 7,500 + 2,500."""
+    recorder = OOMFlightRecorder(OOMFlightRecorderConfig(enabled=True, buffer_size=10_000))
+    for i in range(25_000):
+        recorder.record_event({"type": "phase_start", "i": i})
+    events = recorder.snapshot_events()
+    assert len(events) == 10_000
+    assert events[0]["i"] == 15_000 and events[-1]["i"] == 24_999
+
+
+def test_mixed_events_fill_the_ring_and_samples_keep_to_their_share() -> None:
+    ledger = DropLedger()
+    ring = EventRing(100, ledger=ledger)
+    for i in range(1_000):
+        ring.record({"type": "sample" if i % 2 else "phase_start", "i": i})
+    events = ring.snapshot()
+    assert len(events) == 100
+    samples = [e for e in events if e["type"] == "sample"]
+    assert len(samples) == 25  # a quarter at most
+    assert events[-1]["i"] == 999 and events[-2]["i"] == 998  # the newest are always there
+    rare = [e["i"] for e in events if e["type"] == "phase_start"]
+    assert rare == list(range(850, 1000, 2))  # the newest 75 rare events, none skipped
+    assert ledger.count("ring_overflow") == 900
+
+
+def test_rare_events_are_never_evicted_by_samples_until_the_ring_is_full() -> None:
+    ring = EventRing(10)
+    for i in range(5):
+        ring.record({"type": "phase_end", "i": i})
+    for i in range(1_000):
+        ring.record({"type": "sample", "i": i})
+    events = ring.snapshot()
+    assert [e["i"] for e in events if e["type"] == "phase_end"] == [0, 1, 2, 3, 4]
+    assert len(events) == 5 + 2  # samples: a quarter of 10
+
+
+def test_the_total_byte_budget_holds_for_mixed_events() -> None:
+    ring = EventRing(100_000, max_bytes=50_000)
+    for i in range(2_000):
+        ring.record({"type": "sample" if i % 3 == 0 else "user", "blob": "z" * 200})
+    events = [{k: v for k, v in e.items() if k not in ("seq", "ts")} for e in ring.snapshot()]
+    sizes = [estimate_size(e) for e in events]
+    assert sum(sizes) <= 50_000 and sum(sizes) > 50_000 - 2 * max(sizes)  # full, within bound
+    assert sum(s for s, e in zip(sizes, events, strict=True) if e["type"] == "sample") <= 50_000 // 4
+
+
+def test_size_names_say_what_they_bound(tmp_path: Path) -> None:
+    """64 KiB per ring event vs 64 MiB per bundle file: two names, two meanings."""
+    ring = EventRing(10, max_bytes_per_event=2_000)
+    ring.record({"type": "user", "blob": "x" * 10_000})
+    assert ring.snapshot()[0]["_truncated"] is True
+    recorder = OOMFlightRecorder(OOMFlightRecorderConfig(enabled=True, dump_dir=str(tmp_path)))
+    assert recorder.max_events_file_bytes == 64 << 20
+    assert not hasattr(recorder, "max_event_bytes") and not hasattr(ring, "max_event_bytes")
+    recorder.max_events_file_bytes = 1_000
+    recorder.announce = False
+    for i in range(100):
+        recorder.record_event({"type": "user", "i": i})
+    path = recorder.dump(reason="test", exception=MemoryError(), context=None, backend="cpu")
+    assert path is not None
+    assert os.path.getsize(os.path.join(path, "events.jsonl")) <= 1_000
+    manifest = json.loads(Path(path, "manifest.json").read_text())
+    assert manifest["events_truncated"] is True and 0 < manifest["event_count"] < 100
+
+
+def test_a_written_bundle_is_announced_in_one_stderr_line(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        from memspan import OOMFlightRecorder, OOMFlightRecorderConfig
+        recorder = OOMFlightRecorder(OOMFlightRecorderConfig(enabled=True, dump_dir="dumps"))
+        print(recorder.dump(reason="r", exception=MemoryError(), context=None, backend="cpu"))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    path = result.stdout.strip()
+    (line,) = result.stderr.splitlines()
+    assert line == f"memspan: OOM bundle written; look at it with: memspan dumps show {path}"
+    shown = subprocess.run([sys.executable, "-m", "memspan", "dumps", "show", path],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0 and "kind host_oom" in shown.stdout

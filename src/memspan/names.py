@@ -94,3 +94,7 @@ PHASE_MEMORY_PEAK: Final = "memspan.phase.memory.peak"
 STEP_COUNT: Final = "memspan.step.count"
 OOM_COUNT: Final = "memspan.oom.count"
 RECORDER_DROPPED: Final = "memspan.recorder.dropped"
+
+# -- OOM figures parsed from the allocator's message (appended by the OOM evidence work) --------
+OOM_ALLOCATED_BYTES: Final = "memspan.oom.allocated_bytes"
+OOM_RESERVED_UNALLOCATED_BYTES: Final = "memspan.oom.reserved_unallocated_bytes"

@@ -31,6 +31,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 SCHEMA_VERSION = 1
+#: the most bytes of ``events.jsonl`` one bundle holds (the events after it are cut, counted
+#: in the manifest's ``events_truncated``)
+MAX_EVENTS_FILE_BYTES = 64 << 20
+#: the files of a bundle, in the order a reader wants them
+BUNDLE_FILES = ("manifest.json", "events.jsonl", "metadata.json", "phases.json",
+                "memory.json", "environment.json", "traceback.txt")
+CUDA_SNAPSHOT_FILE = "cuda_snapshot.pickle"
 BUNDLE_NAME = re.compile(r"^(\d{8}T\d{6}Z)_([A-Za-z0-9.-]{1,64})_r(\d+)_p(\d+)_(\d+)$")
 ENV_ALLOWLIST = (
     "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING",
@@ -115,7 +122,8 @@ def _stream_events(directory: str, events: Iterable[Mapping[str, Any]], max_byte
 
 
 def write_bundle(dump_dir: str, name: str, content: BundleContent, *,
-                 max_event_bytes: int = 64 << 20, time_budget_s: float = 10.0) -> str:
+                 max_events_file_bytes: int = MAX_EVENTS_FILE_BYTES,
+                 time_budget_s: float = 10.0) -> str:
     """Write the bundle atomically and return its absolute path (raises on failure)."""
     os.makedirs(dump_dir, mode=0o700, exist_ok=True)
     final = os.path.abspath(os.path.join(dump_dir, name))
@@ -123,17 +131,17 @@ def write_bundle(dump_dir: str, name: str, content: BundleContent, *,
     os.mkdir(temporary, 0o700)
     try:
         deadline = time.monotonic() + time_budget_s
-        count, cut, _ = _stream_events(temporary, content.events, max_event_bytes, deadline)
-        files = ["manifest.json", "events.jsonl", "metadata.json", "phases.json",
-                 "memory.json", "environment.json", "traceback.txt"]
+        count, cut, _ = _stream_events(temporary, content.events, max_events_file_bytes,
+                                       deadline)
+        files = list(BUNDLE_FILES)
         _write_file(temporary, "metadata.json", _json(content.metadata))
         _write_file(temporary, "phases.json", _json(content.phases))
         _write_file(temporary, "memory.json", _json(content.memory))
         _write_file(temporary, "environment.json", _json(content.environment))
         _write_file(temporary, "traceback.txt", content.traceback_text.encode("utf-8", "replace"))
         if content.cuda_snapshot is not None:
-            _write_file(temporary, "cuda_snapshot.pickle", content.cuda_snapshot)
-            files.append("cuda_snapshot.pickle")
+            _write_file(temporary, CUDA_SNAPSHOT_FILE, content.cuda_snapshot)
+            files.append(CUDA_SNAPSHOT_FILE)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "bundle_name": name,

@@ -9,6 +9,9 @@ each get their own bundle).
 Dumps are rate limited (``max_dumps_per_minute``, default 10): a program that hits OOMs in a
 tight loop gets its first bundles and then only counted, skipped dumps.
 
+Each bundle written is announced in one line on stderr (where it is and the command that
+shows it); set ``announce = False`` on the recorder to silence it.
+
 Invariant: ``dump`` never raises. A dump that cannot be written (unwritable directory, full
 disk, ``MemoryError`` while writing) returns ``None`` and :meth:`write_dump` reports the
 error so the span can say ``memspan.oom.dump.error``.
@@ -22,6 +25,7 @@ import itertools
 import logging
 import os
 import platform
+import shlex
 import sys
 import threading
 import time
@@ -31,9 +35,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from memspan import names
 from memspan.drops import DUMP_FAILED, DUMP_RATE_LIMITED, DropLedger
-from memspan.oom.bundle import BundleContent, allowed_environment, bundle_name, write_bundle
-from memspan.oom.classify import OOMExceptionClassification, classify_oom_exception
+from memspan.oom.bundle import (
+    MAX_EVENTS_FILE_BYTES,
+    BundleContent,
+    allowed_environment,
+    bundle_name,
+    write_bundle,
+)
+from memspan.oom.classify import OOMExceptionClassification, classify_oom_exception, exception_text
 from memspan.oom.retention import prune
 from memspan.oom.ring import EventRing
 from memspan.version import __version__
@@ -110,14 +121,16 @@ class OOMFlightRecorder:
         self.ledger = ledger if ledger is not None else DropLedger()
         self.ring = EventRing(config.buffer_size, ledger=self.ledger)
         identity = dict(rank_identity or {})
-        self.rank = int(identity.get("memspan.rank", 0))
+        self.rank = int(identity.get(names.RANK, 0))
         self.rank_identity = identity
         self.memory_provider = memory_provider
         self._sequence = itertools.count(1)
         self._dump_lock = threading.Lock()
         self.time_budget_s = 10.0
-        self.max_event_bytes = 64 << 20
+        self.max_events_file_bytes = MAX_EVENTS_FILE_BYTES
         self.max_dumps_per_minute = 10
+        #: print one line on stderr for each bundle written
+        self.announce = True
         self._recent_dumps: collections.deque[float] = collections.deque()
 
     # -- Stormlog API ------------------------------------------------------------------------
@@ -166,7 +179,8 @@ class OOMFlightRecorder:
                 name = bundle_name(self.rank, os.getpid(), next(self._sequence))
                 path = write_bundle(
                     self.config.dump_dir, name, self._content(request, name),
-                    max_event_bytes=self.max_event_bytes, time_budget_s=self.time_budget_s,
+                    max_events_file_bytes=self.max_events_file_bytes,
+                    time_budget_s=self.time_budget_s,
                 )
             except BaseException as error:  # MemoryError included: report, never mask
                 if isinstance(error, (KeyboardInterrupt, SystemExit)):
@@ -182,7 +196,9 @@ class OOMFlightRecorder:
                 ).removed)
             except OSError as error:
                 _logger.warning("memspan: pruning %s failed: %s", self.config.dump_dir, error)
-            return DumpResult(path, None, removed)
+        if self.announce:
+            announce_bundle(path)
+        return DumpResult(path, None, removed)
 
     def _rate_limited(self) -> bool:
         """A program failing in a tight loop must not spend its life writing bundles."""
@@ -210,15 +226,15 @@ class OOMFlightRecorder:
             "scope_id": request.scope_id,
             "session_id": request.session_id,
             "rank": self.rank,
-            "local_rank": self.rank_identity.get("memspan.local_rank"),
-            "world_size": self.rank_identity.get("memspan.world_size"),
+            "local_rank": self.rank_identity.get(names.LOCAL_RANK),
+            "world_size": self.rank_identity.get(names.WORLD_SIZE),
             "pid": os.getpid(),
         }
         metadata: dict[str, Any] = {
             "exception": None if exception is None else {
                 "type": type(exception).__qualname__,
                 "module": type(exception).__module__,
-                "message": str(exception)[:65536],
+                "message": exception_text(exception)[:65536],
             },
             "context": request.context,
             "classification": dataclasses.asdict(c),
@@ -229,7 +245,7 @@ class OOMFlightRecorder:
             summary = request.session_summary
             metadata["session_summary"] = (
                 dataclasses.asdict(summary) if dataclasses.is_dataclass(summary)
-                and not isinstance(summary, type) else str(summary)
+                and not isinstance(summary, type) else _text(summary)
             )
         memory: dict[str, Any] = {}
         if self.memory_provider is not None:
@@ -248,6 +264,23 @@ class OOMFlightRecorder:
             events=self.ring.snapshot(),
             cuda_snapshot=request.cuda_snapshot,
         )
+
+
+def _text(value: object) -> str:
+    try:
+        return str(value)
+    except Exception as error:
+        return f"<unprintable {type(value).__name__}: {type(error).__name__}>"
+
+
+def announce_bundle(path: str) -> None:
+    """One line on stderr: where the bundle is and how to look at it (never raises)."""
+    line = f"memspan: OOM bundle written; look at it with: memspan dumps show {shlex.quote(path)}\n"
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except Exception:  # no stderr (closed, detached): the span still carries the path
+        pass
 
 
 def environment_report() -> dict[str, Any]:

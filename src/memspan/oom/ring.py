@@ -2,13 +2,16 @@
 
 Invariants:
 
-- Bounded by count and by (estimated) bytes. Samples and rare events (phase boundaries,
-  allocator retries/OOMs, cgroup OOM kills) have separate budgets, so a flood of samples
-  never evicts the phase boundaries that explain an OOM: samples get a quarter of each budget.
+- At most ``capacity`` events (Stormlog's ``buffer_size``) and ``max_bytes`` (estimated
+  JSON bytes) are kept in total; a full ring drops its oldest event for each new one.
+- Samples are capped at a quarter of both budgets (:data:`SAMPLE_SHARE`): a flood of
+  samples evicts only older samples, so it never pushes out the phase boundaries, allocator
+  retries/OOMs and cgroup OOM kills that explain an OOM. Rare events may use the whole ring;
+  when no samples are recorded it holds ``capacity`` rare events.
 - Recording never blocks on I/O and never raises on odd payloads: an event above
-  ``max_event_bytes`` is truncated (its long strings cut, ``_truncated`` set) and counted;
-  every eviction is counted as ``ring_overflow``.
-- Events come back in recording order (a global sequence number orders both budgets).
+  ``max_bytes_per_event`` is truncated (its long strings cut, ``_truncated`` set) and
+  counted; every eviction is counted as ``ring_overflow``.
+- Events come back in recording order (a global sequence number orders both kinds).
 """
 
 from __future__ import annotations
@@ -73,28 +76,37 @@ def _truncate(value: Any, depth: int = 0) -> Any:
     return value
 
 
-class _Budget:
-    __slots__ = ("bytes", "events", "max_bytes", "max_events")
+#: the largest fraction of the ring (events and bytes) that samples may occupy
+SAMPLE_SHARE = 4
+#: default bound on one event's estimated size; larger events are truncated
+MAX_BYTES_PER_EVENT = 64 << 10
+#: default bound on the whole ring's estimated size
+MAX_RING_BYTES = 32 << 20
 
-    def __init__(self, max_events: int, max_bytes: int) -> None:
-        self.events: deque[tuple[int, float, dict[str, Any], int]] = deque()
-        self.bytes = 0
-        self.max_events = max_events
-        self.max_bytes = max_bytes
+_Entry = tuple[int, float, dict[str, Any], int]
 
 
 class EventRing:
-    """Two bounded deques (samples, rare events) behind one lock."""
+    """Two deques (samples, rare events) behind one lock, bounded together."""
 
-    def __init__(self, capacity: int, *, max_bytes: int = 32 << 20,
-                 max_event_bytes: int = 64 << 10, ledger: DropLedger | None = None) -> None:
+    def __init__(self, capacity: int, *, max_bytes: int = MAX_RING_BYTES,
+                 max_bytes_per_event: int = MAX_BYTES_PER_EVENT,
+                 ledger: DropLedger | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"ring capacity must be >= 1, got {capacity}")
-        sample_events = max(1, capacity // 4)
-        self._samples = _Budget(sample_events, max(1, max_bytes // 4))
-        self._rare = _Budget(max(1, capacity - sample_events), max(1, max_bytes - max_bytes // 4))
-        self.max_event_bytes = max_event_bytes
+        if max_bytes < 1 or max_bytes_per_event < 1:
+            raise ValueError("ring byte bounds must be >= 1, got "
+                             f"max_bytes={max_bytes}, max_bytes_per_event={max_bytes_per_event}")
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.max_sample_events = max(1, capacity // SAMPLE_SHARE)
+        self.max_sample_bytes = max(1, max_bytes // SAMPLE_SHARE)
+        self.max_bytes_per_event = max_bytes_per_event
         self.ledger = ledger if ledger is not None else DropLedger()
+        self._samples: deque[_Entry] = deque()
+        self._rare: deque[_Entry] = deque()
+        self._sample_bytes = 0
+        self._rare_bytes = 0
         self._lock = threading.Lock()
         self._sequence = 0
 
@@ -106,31 +118,61 @@ class EventRing:
         """Record ``payload`` itself: the caller hands it over and never touches it again."""
         event: Mapping[str, Any] = payload
         size = estimate_size(payload)
-        if size > self.max_event_bytes:
+        if size > self.max_bytes_per_event:
             payload, size = self._shrink(event)
-        budget = self._samples if payload.get("type") == _SAMPLE else self._rare
+        is_sample = payload.get("type") == _SAMPLE
         entry_time = time.time()
         with self._lock:
             self._sequence += 1
-            events = budget.events
-            events.append((self._sequence, entry_time, payload, size))
-            budget.bytes += size
-            if len(events) <= budget.max_events and budget.bytes <= budget.max_bytes:
-                return
-            evicted = 0
-            while len(events) > budget.max_events or (
-                budget.bytes > budget.max_bytes and len(events) > 1
-            ):
-                budget.bytes -= events.popleft()[3]
-                evicted += 1
-        self.ledger.add(RING_OVERFLOW, evicted)
+            entry = (self._sequence, entry_time, payload, size)
+            if is_sample:
+                self._samples.append(entry)
+                self._sample_bytes += size
+                over = (len(self._samples) > self.max_sample_events
+                        or self._sample_bytes > self.max_sample_bytes)
+            else:
+                self._rare.append(entry)
+                self._rare_bytes += size
+                over = False
+            if not over and (len(self._samples) + len(self._rare) <= self.capacity
+                             and self._sample_bytes + self._rare_bytes <= self.max_bytes):
+                return  # within every bound: the common case while the ring fills
+            evicted = self._evict()
+        if evicted:
+            self.ledger.add(RING_OVERFLOW, evicted)
+
+    def _evict(self) -> int:
+        """Restore the bounds (lock held); return how many events were dropped.
+
+        Samples over their share go first (oldest sample); then, while the total is over,
+        the oldest event of either kind. The newest event is never dropped for its bytes alone
+        (one event within ``max_bytes_per_event`` always fits).
+        """
+        evicted = 0
+        samples, rare = self._samples, self._rare
+        sample_bytes, rare_bytes = self._sample_bytes, self._rare_bytes
+        while len(samples) > 1 and (len(samples) > self.max_sample_events
+                                    or sample_bytes > self.max_sample_bytes):
+            sample_bytes -= samples.popleft()[3]
+            evicted += 1
+        count = len(samples) + len(rare)
+        capacity, max_bytes = self.capacity, self.max_bytes
+        while count > capacity or (sample_bytes + rare_bytes > max_bytes and count > 1):
+            if samples and (not rare or samples[0][0] < rare[0][0]):
+                sample_bytes -= samples.popleft()[3]
+            else:
+                rare_bytes -= rare.popleft()[3]
+            count -= 1
+            evicted += 1
+        self._sample_bytes, self._rare_bytes = sample_bytes, rare_bytes
+        return evicted
 
     def _shrink(self, event: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
         payload = _truncate(event)
         payload["_truncated"] = True
         size = estimate_size(payload)
         self.ledger.add(EVENT_TRUNCATED)
-        if size > self.max_event_bytes:
+        if size > self.max_bytes_per_event:
             payload = {"type": str(event.get("type", "user")), "_truncated": True}
             size = estimate_size(payload)
         return payload, size
@@ -138,18 +180,18 @@ class EventRing:
     def snapshot(self) -> list[dict[str, Any]]:
         """Every buffered event, oldest first, with ``seq`` and ``ts`` (epoch seconds)."""
         with self._lock:
-            merged = sorted([*self._samples.events, *self._rare.events], key=lambda e: e[0])
+            merged = sorted([*self._samples, *self._rare], key=lambda e: e[0])
         return [{"seq": seq, "ts": ts, **payload} for seq, ts, payload, _ in merged]
 
     def since(self, sequence: int) -> list[dict[str, Any]]:
         """Events recorded after ``sequence``, oldest first (incremental breadcrumb flushes).
 
-        Walks each budget from its newest end, so the cost is proportional to what is new.
+        Walks each deque from its newest end, so the cost is proportional to what is new.
         """
-        newer: list[tuple[int, float, dict[str, Any], int]] = []
+        newer: list[_Entry] = []
         with self._lock:
-            for budget in (self._samples, self._rare):
-                for entry in reversed(budget.events):
+            for events in (self._samples, self._rare):
+                for entry in reversed(events):
                     if entry[0] <= sequence:
                         break
                     newer.append(entry)
@@ -162,9 +204,10 @@ class EventRing:
 
     def clear(self) -> None:
         with self._lock:
-            for budget in (self._samples, self._rare):
-                budget.events.clear()
-                budget.bytes = 0
+            self._samples.clear()
+            self._rare.clear()
+            self._sample_bytes = 0
+            self._rare_bytes = 0
 
     def __len__(self) -> int:
-        return len(self._samples.events) + len(self._rare.events)
+        return len(self._samples) + len(self._rare)

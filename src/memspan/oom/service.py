@@ -18,6 +18,7 @@ counted and logged once.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import sys
@@ -35,7 +36,7 @@ from memspan import names
 from memspan.config import MemspanConfig
 from memspan.drops import CALLBACK_ERROR, DropLedger
 from memspan.oom.breadcrumbs import BreadcrumbWriter, breadcrumb_path
-from memspan.oom.classify import OOMExceptionClassification, classify_oom_exception
+from memspan.oom.classify import OOMExceptionClassification, OOMKind, classify_oom_exception
 from memspan.oom.events import EventType
 from memspan.oom.observer import AllocatorObserver, ObservedOOM, process_observer
 from memspan.oom.recorder import DumpRequest, DumpResult, OOMFlightRecorder, OOMFlightRecorderConfig
@@ -78,16 +79,22 @@ def _hex_ids(span: trace.Span) -> tuple[str | None, str | None]:
 
 
 def phase_stack(scope: OpenScope | None) -> list[dict[str, Any]]:
-    """The open phases from the outermost to ``scope``."""
+    """The open phases from the outermost to ``scope``, each with its user attributes."""
     stack = []
     node = scope
     while node is not None:
         stack.append({"name": node.name, "path": node.path_text, "scope_id": node.scope_id,
                       "depth": node.depth, "thread_id": node.thread_id,
-                      "thread_name": node.thread.name})
+                      "thread_name": node.thread.name,
+                      "attributes": {str(k): _json_value(v) for k, v in node.attributes.items()}})
         node = node.parent
     stack.reverse()
     return stack
+
+
+def _json_value(value: Any) -> Any:
+    """An attribute value as JSON can hold it (OTel sequences are tuples)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 class FlightRecorderService:
@@ -273,6 +280,19 @@ class FlightRecorderService:
         self._respond(error, classification, span if span.is_recording() else None, None,
                       self._current_phase(), context=context, metadata=metadata)
 
+    def capture_quietly(self, error: BaseException, context: str | None,
+                        metadata: Mapping[str, Any] | None = None) -> None:
+        """:meth:`capture` for callers about to re-raise or print the user's exception: a
+        failure here is counted, never raised over theirs."""
+        try:
+            self.capture(error, context, metadata)
+        except Exception as failure:
+            try:
+                self.ledger.add(CALLBACK_ERROR, warning="handling an OOM failed: "
+                                        f"{type(failure).__name__}")
+            except Exception:
+                pass
+
     def _respond(self, error: BaseException, classification: OOMExceptionClassification,
                  span: trace.Span | None, extra_span: trace.Span | None,
                  scope: OpenScope | None, *, context: str | None,
@@ -320,14 +340,12 @@ class FlightRecorderService:
     def _refine(self, c: OOMExceptionClassification
                 ) -> tuple[OOMExceptionClassification, ObservedOOM | None]:
         """Prefer the allocator observer's exact integers over figures parsed from text."""
-        observed = self.observer.fresh() if c.kind == "device_oom" else None
+        observed = self.observer.fresh() if c.kind == OOMKind.DEVICE.value else None
         if observed is None:
             return c, None
-        total = c.device_total_bytes
-        return OOMExceptionClassification(
-            is_oom=True, reason=c.reason, kind=c.kind, matched_type=c.matched_type,
-            requested_bytes=observed.requested_bytes, device=f"cuda:{observed.device}",
-            device_total_bytes=total, device_free_bytes=observed.device_free_bytes,
+        return dataclasses.replace(
+            c, requested_bytes=observed.requested_bytes, device=f"cuda:{observed.device}",
+            device_free_bytes=observed.device_free_bytes,
         ), observed
 
     # -- uncaught exceptions -----------------------------------------------------------------
@@ -339,16 +357,22 @@ class FlightRecorderService:
 
     def _excepthook(self, exc_type: type[BaseException], exc: BaseException,
                     tb: TracebackType | None) -> None:
-        self.capture(exc, "uncaught exception", None)
-        previous = self._previous_excepthook or sys.__excepthook__
-        previous(exc_type, exc, tb)
+        """Dump an uncaught OOM, then always hand the exception to the previous hook."""
+        try:
+            self.capture_quietly(exc, "uncaught exception")
+        finally:
+            previous = self._previous_excepthook or sys.__excepthook__
+            previous(exc_type, exc, tb)
 
     def _threading_excepthook(self, args: threading.ExceptHookArgs) -> None:
-        if args.exc_value is not None:
-            thread = args.thread.name if args.thread is not None else "?"
-            self.capture(args.exc_value, f"uncaught exception in thread {thread}", None)
-        previous = self._previous_threading_hook or threading.__excepthook__
-        previous(args)
+        """Likewise for threads: the original traceback is printed whatever happens here."""
+        try:
+            if args.exc_value is not None:
+                thread = _thread_name(args.thread)
+                self.capture_quietly(args.exc_value, f"uncaught exception in thread {thread}")
+        finally:
+            previous = self._previous_threading_hook or threading.__excepthook__
+            previous(args)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -377,6 +401,13 @@ class FlightRecorderService:
         return out
 
 
+def _thread_name(thread: threading.Thread | None) -> str:
+    try:
+        return str(thread.name) if thread is not None else "?"
+    except Exception:
+        return "?"
+
+
 def enclosing_non_phase_span(phase: PhaseSpan) -> trace.Span | None:
     """The nearest still-open span around ``phase`` that is not a phase span, if any."""
     node: OpenScope | None = phase
@@ -399,6 +430,12 @@ def oom_event_attributes(c: OOMExceptionClassification, result: DumpResult) -> d
         attributes[names.OOM_DEVICE_FREE_BYTES] = c.device_free_bytes
     if c.device_total_bytes is not None:
         attributes[names.OOM_DEVICE_TOTAL_BYTES] = c.device_total_bytes
+    if c.allocated_bytes is not None:
+        attributes[names.OOM_ALLOCATED_BYTES] = c.allocated_bytes
+    if c.reserved_unallocated_bytes is not None:
+        attributes[names.OOM_RESERVED_UNALLOCATED_BYTES] = c.reserved_unallocated_bytes
+    if c.suggestion is not None:
+        attributes[names.OOM_SUGGESTION] = c.suggestion
     if result.path is not None:
         attributes[names.OOM_DUMP_PATH] = result.path
         attributes[names.FILE_PATH] = result.path
@@ -408,11 +445,11 @@ def oom_event_attributes(c: OOMExceptionClassification, result: DumpResult) -> d
 
 
 def _backend(c: OOMExceptionClassification) -> str:
-    if c.kind == "host_oom":
+    if c.kind == OOMKind.HOST.value:
         return "cpu"
     if c.device:
         return c.device.split(":", 1)[0]
-    return "cuda" if c.kind == "device_oom" else "unknown"
+    return "cuda" if c.kind == OOMKind.DEVICE.value else "unknown"
 
 
 @contextmanager
@@ -422,5 +459,5 @@ def capture_oom_block(service: FlightRecorderService | None, context: str | None
         yield
     except BaseException as error:
         if service is not None:
-            service.capture(error, context, metadata)
+            service.capture_quietly(error, context, metadata)
         raise
