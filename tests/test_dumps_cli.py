@@ -64,7 +64,7 @@ def test_list_newest_first_and_show(tmp_path: Path) -> None:
     assert "requested 2.0 GiB, free 1.0 GiB of 79.1 GiB on cuda:0" in text
     assert "phase stack (outermost first):" in text and "    train" in text
     assert "      forward" in text
-    assert "last " in text and "phase_start" in text
+    assert "last " in text and "phase_end" in text  # the first OOM's phases, ended
     assert "allocator cuda:0: allocated 3.0 GiB" in text
     # readable: no Python None leaking through, ids short or "unknown"
     assert "None" not in text

@@ -20,7 +20,7 @@ from fakes import FakeCudaApi
 from memspan import MemspanConfig, names
 from memspan.oom.observer import AllocatorObserver
 from memspan.oom.retention import list_bundles
-from memspan.oom.service import FlightRecorderService, capture_oom_block
+from memspan.oom.service import capture_oom_block
 from memspan.sources import HostMemorySource, TorchAllocatorSource
 
 # Python 3.10 has no exception groups: those tests skip there
@@ -95,9 +95,8 @@ def test_fragmentation_is_on_the_span_and_survives_the_observer_refinement(
     callbacks: list[Any] = []
     observer = AllocatorObserver(attach=callbacks.append, snapshot=lambda: None)
     t = telemetry_factory(config=MemspanConfig(dump_dir=str(tmp_path / "dumps")),
-                          sources=[HostMemorySource(), TorchAllocatorSource(FakeCudaApi())])
-    t.tracker.flight_recorder.shutdown()
-    service = FlightRecorderService(t.tracker, observer=observer)
+                          sources=[HostMemorySource(), TorchAllocatorSource(FakeCudaApi())],
+                          observer=observer)
     with pytest.raises(torch.OutOfMemoryError), t.tracker.phase("forward"):
         assert observer.attached
         callbacks[0](0, 234_881_024, 46_000_000_000, 168_620_000)  # exact figures first
@@ -113,7 +112,6 @@ def test_fragmentation_is_on_the_span_and_survives_the_observer_refinement(
     classification = metadata["classification"]
     assert classification["fragmentation_likely"] is True
     assert classification["reserved_unallocated_bytes"] == int(396.27 * MIB)
-    service.shutdown()
 
 
 # -- the user's exception, whatever it does ------------------------------------------------------
