@@ -96,6 +96,14 @@ def test_tail_sampling_keeps_every_oom_and_error(path: Path) -> None:
     known = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
     assert mentioned <= known, f"tail sampling names unknown attributes: {mentioned - known}"
     assert [p for p in policies if p["type"] == "probabilistic"]
+    (evidence,) = [p for p in policies if p["type"] == "string_attribute"]
+    assert evidence["string_attribute"]["key"] == names.STEP_KEEP_REASON
+    from memspan import step_sampling
+
+    assert set(evidence["string_attribute"]["values"]) == {
+        step_sampling.ERROR, step_sampling.OOM, step_sampling.NEW_PEAK, step_sampling.RETAINED}
+    wait = int(str(config["processors"]["tail_sampling"]["decision_wait"]).rstrip("s"))
+    assert wait >= 10  # a step trace is complete well within it
 
 
 def test_agent_routes_traces_by_trace_id() -> None:
