@@ -38,8 +38,10 @@ unit: $(STAMP) test-deps
 
 test: lint typecheck unit
 
+# Stormlog 0.4.3 (the phase runtime memspan replaces) is a benchmark-only dependency
 bench: $(STAMP)
+	$(PIP) install --quiet -e '.[torch,nvml,dev,bench]'
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) memspan-out oom_dumps .memory_audits .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-sdk-oldest memspan-out oom_dumps .memory_audits .pytest_cache .mypy_cache .ruff_cache

@@ -175,3 +175,28 @@ def test_user_calls_on_the_current_span_land_in_the_exported_span() -> None:
         assert exported.status.status_code is StatusCode.OK
     finally:
         t.tracker.shutdown()
+
+
+def test_a_processor_added_later_switches_new_phases_to_sdk_spans() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracker = Tracker(tracer_provider=provider, sources=[HostMemorySource()], start_sampler=False,
+                      config=MemspanConfig(sample_interval_s=0.01))
+    try:
+        assert tracker.span_path.mode == DEFERRED
+        starter = StartWork()
+        provider.add_span_processor(starter)
+        import time
+
+        deadline = time.monotonic() + 10
+        while tracker.span_path.mode != SDK and time.monotonic() < deadline:
+            time.sleep(0.01)  # the export worker re-checks the processors before each drain
+        assert tracker.span_path.mode == SDK
+        with tracker.phase("later"):
+            pass
+        assert provider.force_flush()
+        assert starter.started == ["later"]
+        assert [s.name for s in exporter.get_finished_spans()] == ["later"]
+    finally:
+        tracker.shutdown()

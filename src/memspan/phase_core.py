@@ -255,8 +255,11 @@ class PhaseCore:
     def _span_parent(self, phase: PhaseSpan, outer: Any, is_root: bool
                      ) -> tuple[SpanContext | None, bool]:
         """The parent span context (None: a new trace) and whether the phase is a step root."""
+        parent = phase.parent
         if type(outer) is PhaseSpan:
             outer_context = outer.span_context
+        elif parent is not None and outer is parent.sdk_span:  # a phase's span (sdk path)
+            outer_context = parent.span_context
         elif isinstance(outer, trace.Span):
             outer_context = outer.get_span_context()
             if outer_context.is_valid:

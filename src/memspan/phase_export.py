@@ -92,6 +92,8 @@ class PhaseExporter:
         self.max_step_phases = max_step_phases
         self.max_open_steps = max_open_steps
         self.listeners: list[PhaseListener] = []
+        #: called by the worker before each drain (the tracker re-checks the span path)
+        self.before_drain: Callable[[], object] | None = None
         self._pending: deque[PhaseSpan] = deque()
         self._wake_at = max(1, max_pending // 2)
         self._drain_lock = threading.RLock()
@@ -145,6 +147,12 @@ class PhaseExporter:
         while not self._stop.is_set():
             self._wake.wait(self.interval_s)
             self._wake.clear()
+            hook = self.before_drain
+            if hook is not None:
+                try:
+                    hook()
+                except Exception:
+                    self.ledger.add(CALLBACK_ERROR)
             self.drain()
 
     def shutdown(self, timeout_s: float = 5.0) -> bool:

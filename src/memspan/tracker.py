@@ -50,7 +50,7 @@ from memspan.sources.cgroup import CgroupMemorySource
 from memspan.sources.host import HostMemorySource
 from memspan.sources.nvml import NvmlSource
 from memspan.sources.torch_allocator import TorchAllocatorSource
-from memspan.span_path import SDK, SpanPath, resolve
+from memspan.span_path import SDK, SpanPath, real_tracer, resolve
 from memspan.step_sampling import StepSampler, StepSamplingConfig
 from memspan.version import __version__
 
@@ -87,6 +87,7 @@ class Tracker:
         self.rank = detected_rank() if rank is None else rank
         self.ledger = ledger if ledger is not None else DropLedger()
         self._closed = False
+        self._processors_seen: object = None
         tracer = trace.get_tracer(names.INSTRUMENTATION_NAME, __version__, tracer_provider,
                                   schema_url=names.SCHEMA_URL)
         meter = metrics.get_meter(names.INSTRUMENTATION_NAME, __version__, meter_provider,
@@ -102,9 +103,10 @@ class Tracker:
         # -- phases: export worker, histograms, step sampling, the hot path
         self.oom_counter = meter.create_counter(
             names.OOM_COUNT, unit="1", description="Out-of-memory errors seen by memspan")
-        self._span_path = resolve(tracer, self.config.span_mode)
+        span_path = resolve(tracer, self.config.span_mode)
+        self._tracer = tracer
         self.exporter = PhaseExporter(
-            lambda: self._span_path,
+            lambda: self.phases.span_path,
             PhaseHistograms(
                 meter.create_histogram(
                     names.PHASE_DURATION, unit="s", description="Duration of a phase",
@@ -125,9 +127,9 @@ class Tracker:
             self.ledger,
             interval_s=self.config.sample_interval_s,
         )
-        self._hook_provider()
+        self._hook_provider(span_path)
         self.phases = PhaseCore(
-            span_path=self._span_path,
+            span_path=span_path,
             boundary=BoundaryReader(self.source(HostMemorySource), self.torch_source,
                                     self.sampler, self.ledger),
             exporter=self.exporter,
@@ -151,22 +153,24 @@ class Tracker:
             leak_thresholds if leak_thresholds is not None else LeakThresholds.from_env(),
         )
         self.exporter.listeners.append(self.leak_watch)
+        self.exporter.before_drain = self._recheck_span_path
         if install_excepthooks:
             self.flight_recorder.install_excepthooks()
         self.exporter.start()
         if start_sampler:
             self.sampler.start()
 
-    def _hook_provider(self) -> None:
-        """Make the provider's flush and shutdown deliver pending phases (SDK paths only)."""
-        sdk = self._span_path.sdk_tracer
-        if sdk is None:
+    def _hook_provider(self, span_path: SpanPath) -> None:
+        """Make the provider's flush and shutdown deliver pending phases (SDK providers)."""
+        sdk = span_path.sdk_tracer or real_tracer(span_path.tracer)
+        if not hasattr(sdk, "span_processor"):
             return
         try:
             install_flush_hook(sdk.span_processor, FlushHook(self.exporter))
         except Exception as error:
             _logger.debug("memspan: flush hook not installed (%s); call memspan.shutdown() "
                           "before the provider's", error)
+        self._processors_seen = getattr(sdk.span_processor, "_span_processors", None)
 
     def source(self, kind: type[_S]) -> _S | None:
         """The first source of the given class, if this tracker has one."""
@@ -178,7 +182,18 @@ class Tracker:
     @property
     def span_path(self) -> SpanPath:
         """How this tracker's phase spans reach the provider (``deferred``, ``sync``, ``sdk``)."""
-        return self._span_path
+        return self.phases.span_path
+
+    def _recheck_span_path(self) -> None:
+        """Processors added to the provider after this tracker was built (one with
+        ``on_start`` work, say) switch new phases to the path that suits them."""
+        sdk = self.phases.span_path.sdk_tracer or real_tracer(self._tracer)
+        multi = getattr(sdk, "span_processor", None)
+        current = getattr(multi, "_span_processors", None)
+        if current is None or current is self._processors_seen:
+            return
+        self._processors_seen = current
+        self.phases.rebind(resolve(self._tracer, self.config.span_mode))
 
     # -- public phase API --------------------------------------------------------------------
     def phase(self, name: str, /, trace_root: bool | None = None,
