@@ -15,6 +15,8 @@ costs only allocations).
 
 from __future__ import annotations
 
+import logging
+import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +27,8 @@ from opentelemetry.metrics import Histogram
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from memspan import names
+
+_logger = logging.getLogger(__name__)
 
 BYTE_BUCKETS = tuple(float(1 << k) for k in range(20, 41))  # 1 MiB .. 1 TiB
 SECOND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -38,10 +42,12 @@ PhaseSample = tuple[float, "int | None", str, str, "SpanContext | None"]
 
 
 class PhaseHistograms:
-    def __init__(self, duration: Histogram, peak: Histogram) -> None:
+    def __init__(self, duration: Histogram, peak: Histogram, *, direct: bool = True) -> None:
         self._duration = duration
         self._peak = peak
         self._attributes: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._direct_duration = DirectAggregation(duration) if direct else None
+        self._direct_peak = DirectAggregation(peak) if direct else None
 
     def _series(self, path: str, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
         attributes = self._attributes.get((path, device))
@@ -65,7 +71,10 @@ class PhaseHistograms:
                 if key not in offered:
                     offered.add(key)
                     context = _link(span_context)
-            self._duration.record(duration_s, by_path, context=context)
+            if context is _EMPTY and self._direct_duration is not None:
+                self._direct_duration.record(duration_s, by_path)
+            else:
+                self._duration.record(duration_s, by_path, context=context)
             if peak is None:
                 continue
             peak_context = _EMPTY
@@ -74,8 +83,104 @@ class PhaseHistograms:
                 if key not in offered:
                     offered.add(key)
                     peak_context = context if context is not _EMPTY else _link(span_context)
-            self._peak.record(peak, by_device, context=peak_context)
+            if peak_context is _EMPTY and self._direct_peak is not None:
+                self._direct_peak.record(peak, by_device)
+            else:
+                self._peak.record(peak, by_device, context=peak_context)
 
 
 def _link(span_context: SpanContext) -> Context:
     return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY)
+
+
+class DirectAggregation:
+    """Records without an exemplar straight into the SDK's aggregations of one histogram.
+
+    The SDK's ``Histogram.record`` validates the attributes, builds a measurement, asks the
+    exemplar filter, hashes the attributes and finds the aggregation of every reader on each
+    call (about 7 µs here); the aggregation itself costs about 1 µs. For a series seen before,
+    this keeps the aggregations of every reader and calls their ``aggregate`` directly with a
+    measurement carrying no context (so no exemplar is offered, as with an empty context).
+
+    Used only where it provably does what ``record`` does: the SDK's synchronous measurement
+    consumer, cumulative storage (delta storage replaces its aggregations at each collection),
+    no view that filters attributes, and a series key the SDK itself would compute. Anything
+    else, including a reader added later, goes through ``record`` (the first record of every
+    series always does, so the SDK creates the aggregations). Otherwise results are identical.
+    """
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._series: dict[tuple[Any, ...], list[Any]] = {}
+        self._storages: object = None
+        self._usable = _measurement_type is not None and hasattr(
+            histogram, "_measurement_consumer")
+
+    def record(self, value: float, attributes: dict[str, Any]) -> None:
+        if not self._usable:
+            self._histogram.record(value, attributes, context=_EMPTY)
+            return
+        key = tuple(attributes.items())
+        storages = getattr(self._histogram._measurement_consumer,  # type: ignore[attr-defined]
+                           "_reader_storages", None)
+        if storages is not self._storages:  # readers added or removed: find them again
+            self._storages = storages
+            self._series.clear()
+        aggregations = self._series.get(key)
+        if aggregations is None:
+            self._histogram.record(value, attributes, context=_EMPTY)
+            found = self._find(attributes)
+            if found is not None:
+                if len(self._series) >= _MAX_SERIES:
+                    self._series.clear()
+                self._series[key] = found
+            return
+        assert _measurement_type is not None
+        measurement = _measurement_type(value, time.time_ns(), self._histogram,  # type: ignore[arg-type]
+                                        _EMPTY, None)
+        for aggregation in aggregations:
+            aggregation.aggregate(measurement, False)
+
+    def _find(self, attributes: dict[str, Any]) -> list[Any] | None:
+        """Every reader's aggregation of this series, or None where any is not provable."""
+        try:
+            found = []
+            for storage in dict(self._storages).values():  # type: ignore[call-overload]
+                for match in storage._instrument_view_instrument_matches[self._histogram]:
+                    if match._reset_on_collect or match._view._attribute_keys is not None:
+                        return None
+                    table = match._attributes_aggregation
+                    aggregation = None
+                    for key in _series_keys(attributes):
+                        aggregation = table.get(key)
+                        if aggregation is not None:
+                            break
+                    if aggregation is None or not hasattr(aggregation, "aggregate"):
+                        return None
+                    found.append(aggregation)
+            return found or None
+        except Exception:  # an SDK whose internals differ: record() for this series
+            _logger.debug("memspan: direct histogram aggregation unavailable", exc_info=True)
+            self._usable = False
+            return None
+
+
+def _series_keys(attributes: dict[str, Any]) -> list[Any]:
+    """The aggregation keys SDK releases use for an attribute set (newest first)."""
+    keys: list[Any] = []
+    if _hash_attributes is not None:
+        keys.append(_hash_attributes(attributes))
+    keys.append(frozenset(attributes.items()))
+    return keys
+
+
+try:  # SDK internals, used only as DirectAggregation describes
+    from opentelemetry.sdk.metrics._internal.measurement import Measurement as _measurement_type
+except ImportError:  # pragma: no cover
+    _measurement_type = None  # type: ignore[assignment,misc]
+try:
+    from opentelemetry.sdk.metrics._internal._view_instrument_match import (
+        _hash_attributes,
+    )
+except ImportError:  # older SDKs key aggregations by frozenset
+    _hash_attributes = None  # type: ignore[assignment]
