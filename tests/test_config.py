@@ -78,7 +78,7 @@ BAD_VALUES = [
     ("MEMSPAN_RSS_METRIC", "nope", f"MEMSPAN_RSS_METRIC='nope' is not a boolean; {_BOOL}"),
     ("MEMSPAN_QUIET", "shh", f"MEMSPAN_QUIET='shh' is not a boolean; {_BOOL}"),
     ("MEMSPAN_JOB_ID", "x" * 5000,
-     "MEMSPAN_JOB_ID='xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx..."
+     "MEMSPAN_JOB_ID='" + "x" * 76 + "..."
      " is not usable; accepted: text of at most 4096 characters"),
 ]
 
