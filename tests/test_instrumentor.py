@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
+import pytest
 import torch
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -12,7 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from torch import nn
 
-from memspan import MemspanConfig, names
+import memspan
+from memspan import MemspanConfig, bootstrap, names
+from memspan.drops import PROCESS_LEDGER
 from memspan.instrumentor import MemspanInstrumentor
 from memspan.tracker import default_tracker_if_any
 
@@ -53,11 +57,37 @@ def test_instrument_uses_given_providers_and_uninstrument_removes_everything() -
     assert observable == []  # the callbacks went quiet
 
 
-def test_a_bad_variable_disables_memspan_without_raising(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_variable_disables_memspan_without_raising(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("MEMSPAN_BUFFER_SIZE", "lots")
     instrumentor = MemspanInstrumentor()
-    instrumentor.instrument(tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    original_call = nn.Module.__call__
+    with caplog.at_level(logging.ERROR, logger="memspan.instrumentor"):
+        instrumentor.instrument(tracer_provider=TracerProvider(), meter_provider=MeterProvider())
     try:
         assert default_tracker_if_any() is None
+        assert bootstrap.current_installation() is None
+        assert nn.Module.__call__ is original_call  # no auto phases either
+        assert [r.getMessage() for r in caplog.records] == [
+            "memspan: disabled because of a configuration error: MEMSPAN_BUFFER_SIZE='lots' is "
+            "not an integer; accepted: an integer in [1, 10000000]"]
     finally:
         instrumentor.uninstrument()
+
+
+def test_one_installation_and_one_ledger_per_process() -> None:
+    tracer_provider, meter_provider = TracerProvider(), MeterProvider()
+    instrumentor = MemspanInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            config=MemspanConfig(quiet=True, auto_phases=False))
+    try:
+        installation = bootstrap.current_installation()
+        assert installation is not None
+        assert installation.tracker is default_tracker_if_any()
+        assert installation.tracker.ledger is PROCESS_LEDGER
+        # configure() after the instrumentor returns the same tracker: one record, not two
+        assert memspan.configure() is installation.tracker
+    finally:
+        instrumentor.uninstrument()
+    assert bootstrap.current_installation() is None
+    assert default_tracker_if_any() is None

@@ -30,7 +30,13 @@ _MAX_TEXT = 4096
 
 
 class ConfigError(ValueError):
-    """A configuration value was not acceptable; the message names it and the valid range."""
+    """A configuration value was not acceptable; the message names it and the valid range.
+
+    Public as ``memspan.ConfigError`` (and ``memspan.config.ConfigError``), which is how
+    tracebacks name it.
+    """
+
+    __module__ = "memspan"
 
 
 @dataclass(frozen=True)
