@@ -101,6 +101,7 @@ class MetricLinesExporter(FileMetricExporter):
 
     def __init__(self, stream: BoundedLineFile) -> None:
         super().__init__(stream=cast(IO[str], stream))
+        self._stream = stream  # named in the start-up line
         self._memspan_closed = False
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
