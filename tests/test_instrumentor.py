@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -91,3 +94,35 @@ def test_one_installation_and_one_ledger_per_process() -> None:
         instrumentor.uninstrument()
     assert bootstrap.current_installation() is None
     assert default_tracker_if_any() is None
+
+
+def test_uninstrument_leaves_adopted_global_providers_running() -> None:
+    script = textwrap.dedent("""
+        import atexit
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()  # as the SDK configurator builds it: with an exit handler
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        metrics.set_meter_provider(MeterProvider())
+        from memspan import bootstrap
+        from memspan.instrumentor import MemspanInstrumentor
+        instrumentor = MemspanInstrumentor()
+        instrumentor.instrument()
+        assert bootstrap.current_installation().providers.owned == [
+            provider, metrics.get_meter_provider()]
+        instrumentor.uninstrument()
+        with trace.get_tracer("after").start_as_current_span("still-exported"):
+            pass
+        print([s.name for s in exporter.get_finished_spans()])
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    env["MEMSPAN_QUIET"] = "true"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "['still-exported']" in result.stdout

@@ -318,6 +318,21 @@ def shutdown(timeout_s: float = 5.0) -> bool:
     return shutdown_installation(installation, timeout_s)
 
 
+def uninstrument(timeout_s: float = EXIT_DEADLINE_S) -> bool:
+    """Stop memspan's installation but leave global providers it adopted running: they belong
+    to the auto-instrumentation, so their SDK exit handlers are given back instead."""
+    global _installation
+    with _lock:
+        installation, _installation = _installation, None
+    if installation is None:
+        return True
+    if installation.providers.mode == "instrumented":
+        for provider in installation.providers.owned:
+            atexit.register(provider.shutdown)
+        installation.providers.owned = []
+    return shutdown_installation(installation, timeout_s)
+
+
 def shutdown_installation(installation: Installation, timeout_s: float) -> bool:
     """Take one installation down within ``timeout_s``: its hooks, tracker and providers."""
     deadline = time.monotonic() + timeout_s

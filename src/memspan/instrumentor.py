@@ -10,7 +10,8 @@ passed in; with no distro installed, nobody configured any, and it sets them up 
 the torch auto phases (lazily, when torch is imported) unless ``MEMSPAN_AUTO_PHASES=false``,
 and chains the exception hooks. ``uninstrument()`` shuts that installation down: it removes
 every torch patch, stops the sampler, restores the hooks and silences the observable
-callbacks (the SDK cannot unregister them).
+callbacks (the SDK cannot unregister them); global providers that the auto-instrumentation
+built keep running, with their own exit handlers back.
 
 A configuration error is logged once and memspan stays off: it never crashes the program it
 instruments.
@@ -60,4 +61,4 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             installation.on_shutdown.append(auto.uninstall)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        bootstrap.shutdown(bootstrap.EXIT_DEADLINE_S)
+        bootstrap.uninstrument()
