@@ -128,7 +128,7 @@ def test_bad_otel_variables_are_config_errors_naming_them(tmp_path: Path) -> Non
                                        "accepted: a number of seconds in [0.001, 3600]"),
         "OTEL_EXPORTER_OTLP_ENDPOINT": ("http://[::1", "OTEL_EXPORTER_OTLP_ENDPOINT='http://[::1' "
                                         "is not a URL (Invalid IPv6 URL); accepted: an http:// "
-                                        "or https:// URL"),
+                                        "or https:// URL (or host:port for gRPC)"),
     }
     for variable, (value, message) in cases.items():
         env = {variable: value}

@@ -106,10 +106,10 @@ EXTERNAL_BAD_VALUES = [
      "accepted: a number of seconds in [0.001, 3600]"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1",
      "OTEL_EXPORTER_OTLP_ENDPOINT='http://[::1' is not a URL (Invalid IPv6 URL); "
-     "accepted: an http:// or https:// URL"),
-    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "localhost:4317",
-     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT='localhost:4317' is not an http(s) URL; "
-     "accepted: an http:// or https:// URL"),
+     "accepted: an http:// or https:// URL (or host:port for gRPC)"),
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://collector",
+     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT='ftp://collector' is not an http(s) URL; "
+     "accepted: an http:// or https:// URL (or host:port for gRPC)"),
     ("OTEL_EXPORTER_OTLP_PROTOCOL", "udp",
      "OTEL_EXPORTER_OTLP_PROTOCOL='udp' is not one of the accepted values; "
      "accepted: one of `grpc`, `http/protobuf`, `http/json`"),
@@ -169,6 +169,13 @@ def test_keyword_errors_name_the_keyword() -> None:
         MemspanConfig(buffer_size=True)
     with pytest.raises(ConfigError, match=r"unknown memspan setting"):
         MemspanConfig.from_env({}, sampel_interval=1)
+
+
+def test_grpc_style_host_port_endpoints_are_accepted() -> None:
+    assert ev.read("OTEL_EXPORTER_OTLP_ENDPOINT", {"OTEL_EXPORTER_OTLP_ENDPOINT":
+                                                   "collector:4317"}) == "collector:4317"
+    with pytest.raises(ConfigError, match="Port out of range"):
+        ev.read("OTEL_EXPORTER_OTLP_ENDPOINT", {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:99999"})
 
 
 def test_leak_threshold_values_are_keyed_by_field() -> None:

@@ -140,13 +140,16 @@ class Variable:
         return resolved
 
     def _check_url(self, value: str, label: str) -> str:
+        text = value.strip()
+        bare = "://" not in text  # host:port, which the gRPC exporter accepts
         try:
-            parts = urllib.parse.urlsplit(value.strip())
+            parts = urllib.parse.urlsplit("//" + text if bare else text)
             _ = parts.port  # raises ValueError for a port out of range or not a number
         except ValueError as error:
             raise ConfigError(f"{label}={value!r} is not a URL ({error}); "
                               f"{self.accepted()}") from None
-        if value.strip() and (parts.scheme not in ("http", "https") or not parts.hostname):
+        scheme_ok = bare or parts.scheme in ("http", "https")
+        if text and (not scheme_ok or not parts.hostname):
             raise ConfigError(f"{label}={value!r} is not an http(s) URL; {self.accepted()}")
         return value
 
@@ -172,7 +175,7 @@ class Variable:
         if self.kind == "path":
             return "a directory path, not an existing file"
         if self.kind == "url":
-            return "an http:// or https:// URL"
+            return "an http:// or https:// URL (or host:port for gRPC)"
         if self.kind == "choice":
             return "one of " + ", ".join(f"`{c}`" for c in self.choices)
         return f"text of at most {_MAX_TEXT} characters"
