@@ -3,8 +3,10 @@
 ``memspan run`` selects them when the user configured no exporter, so a child process set up
 by the standard auto-instrumentation configurator writes the same bounded OTLP JSON lines as
 ``memspan.configure()``: ``traces.jsonl`` and ``metrics.jsonl`` in the output directory of
-:class:`~memspan.config.MemspanConfig` (0600 files in a 0700 directory), with drops counted
-in the process ledger.
+:class:`~memspan.config.MemspanConfig` (0600 files in a 0700 directory). Their drops (rotation,
+oversized spans, failed writes) are counted in the process ledger, which the instrumentor's
+tracker exports; the span queue here is the configurator's plain ``BatchSpanProcessor``, whose
+queue-full drops only the SDK's own ``otel.sdk.processor.span.processed`` counts.
 """
 
 from __future__ import annotations
