@@ -236,3 +236,24 @@ def test_span_lines_keep_every_span_that_fits_and_count_the_rest(pads: list[int]
 def exporter_line(spans: list[Any]) -> bytes:
     encoded = encode_spans(spans)
     return (json.dumps(encoded.to_dict(), separators=(",", ":")) + "\n").encode()
+
+
+def test_spawned_workers_do_not_repeat_the_start_up_line(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing
+        def square(x):
+            return x * x
+        if __name__ == "__main__":
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
+                print(sum(pool.map(square, range(4))))
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    env.update(OTEL_TRACES_EXPORTER="memspan_file", OTEL_METRICS_EXPORTER="memspan_file",
+               OTEL_LOGS_EXPORTER="none")
+    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
+    result = subprocess.run([str(instrument), sys.executable, str(script)], cwd=tmp_path, env=env,
+                            text=True, capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "14" in result.stdout
+    assert result.stderr.count("memspan: telemetry -> ") == 1, result.stderr

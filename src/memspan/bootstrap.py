@@ -24,7 +24,8 @@ Invariants:
   Each provider is shut down once, so a normal run logs no "already shutdown" warning.
 - A bad configuration value, ``OTEL_*`` variable or output directory is a
   :class:`~memspan.config.ConfigError` naming it, raised by :func:`configure`.
-- Unless ``MEMSPAN_QUIET`` is true, one line on stderr says where telemetry goes.
+- Unless ``MEMSPAN_QUIET`` is true, one line on stderr says where telemetry goes (not repeated
+  by multiprocessing workers).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from multiprocessing import parent_process
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -183,7 +185,7 @@ def _start(cfg: MemspanConfig, providers: Providers, tracer_provider: Any, meter
 
 def _announce(installation: Installation) -> None:
     cfg = installation.tracker.config
-    if cfg.quiet:
+    if cfg.quiet or _multiprocessing_child():  # once per job, not once per worker
         return
     line = startup_line(installation.providers.mode, installation.providers.destinations,
                         cfg.dump_dir, cfg.oom_enabled)
@@ -192,6 +194,19 @@ def _announce(installation: Installation) -> None:
         sys.stderr.flush()
     except (OSError, ValueError, AttributeError):
         pass  # no usable stderr: say nothing rather than fail
+
+
+def _multiprocessing_child() -> bool:
+    """True in a worker that multiprocessing started (spawn/forkserver, its resource tracker).
+
+    Under ``opentelemetry-instrument`` such a worker starts memspan from sitecustomize, before
+    multiprocessing has set up ``parent_process()``, so its command line tells.
+    """
+    if parent_process() is not None:
+        return True
+    argv = getattr(sys, "orig_argv", sys.argv)
+    return any(arg == "--multiprocessing-fork" or arg.startswith("from multiprocessing")
+               for arg in argv)
 
 
 def install_providers(cfg: MemspanConfig, service_name: str | None) -> Providers:
