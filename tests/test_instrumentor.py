@@ -94,6 +94,17 @@ def test_one_installation_and_one_ledger_per_process() -> None:
         instrumentor.uninstrument()
     assert bootstrap.current_installation() is None
     assert default_tracker_if_any() is None
+    # ...and the other way round: the instrumentor joins the installation configure() made
+    tracker = memspan.configure(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                                quiet=True)
+    instrumentor.instrument(config=MemspanConfig(quiet=True, auto_phases=False))
+    try:
+        assert default_tracker_if_any() is tracker
+        assert bootstrap.current_installation() is not None
+        assert bootstrap.current_installation().tracker is tracker  # type: ignore[union-attr]
+    finally:
+        instrumentor.uninstrument()
+    assert default_tracker_if_any() is None
 
 
 def test_uninstrument_leaves_adopted_global_providers_running() -> None:

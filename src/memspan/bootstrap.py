@@ -150,11 +150,10 @@ def instrument(config: MemspanConfig, tracer_provider: Any, meter_provider: Any,
     auto-instrumentation configured are used and memspan takes over their exit (bounded);
     with none configured (no distro), memspan sets them up as :func:`configure` would.
     """
-    global _installation
     with _lock:
-        if _installation is not None:
-            shutdown_installation(_installation, EXIT_DEADLINE_S)
-            _installation = None
+        if _installation is not None:  # configure() ran first: one installation per process
+            _logger.warning("memspan: already configured; the instrumentor uses that tracker")
+            return _installation
         if tracer_provider is not None or meter_provider is not None:
             providers = Providers("explicit", PROCESS_LEDGER)
         elif global_providers_set():
