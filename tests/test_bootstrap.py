@@ -6,12 +6,16 @@ Each case runs in a real subprocess: OTel global providers can be set once per p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 WORKLOAD = textwrap.dedent(
     """
@@ -115,3 +119,67 @@ def test_bad_environment_value_is_a_clear_error(tmp_path: Path) -> None:
     result = run(WORKLOAD, tmp_path, MEMSPAN_SAMPLE_INTERVAL="often")
     assert result.returncode != 0
     assert "MEMSPAN_SAMPLE_INTERVAL='often' is not a number" in result.stderr
+
+
+def test_bad_otel_variables_are_config_errors_naming_them(tmp_path: Path) -> None:
+    script = "import memspan\nmemspan.configure()\n"
+    cases = {
+        "OTEL_EXPORTER_OTLP_TIMEOUT": ("abc", "OTEL_EXPORTER_OTLP_TIMEOUT='abc' is not a number; "
+                                       "accepted: a number of seconds in [0.001, 3600]"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": ("http://[::1", "OTEL_EXPORTER_OTLP_ENDPOINT='http://[::1' "
+                                        "is not a URL (Invalid IPv6 URL); accepted: an http:// "
+                                        "or https:// URL (or host:port for gRPC)"),
+    }
+    for variable, (value, message) in cases.items():
+        env = {variable: value}
+        if variable != "OTEL_EXPORTER_OTLP_ENDPOINT":
+            env["OTEL_TRACES_EXPORTER"] = "otlp"
+        result = run(script, tmp_path, **env)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"memspan.ConfigError: {message}")
+
+
+def test_the_embedded_output_counts_into_the_tracker_ledger(tmp_path: Path) -> None:
+    result = run("""
+import memspan
+from memspan.drops import PROCESS_LEDGER
+tracker = memspan.configure(output_max_mb=0.01, export_interval_s=60)
+installation = memspan.bootstrap.current_installation()
+embedded = installation.providers.embedded
+assert tracker.ledger is PROCESS_LEDGER is installation.providers.ledger
+embedded.traces.write("x" * 20000 + "\\n")
+print(tracker.ledger.snapshot())
+memspan.shutdown()
+""", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "'output_oversized': 1" in result.stdout
+
+
+def test_counting_processor_reads_this_sdk_and_warns_once_when_it_cannot(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from memspan.drops import DropLedger
+    from memspan.export import counting
+
+    processor = counting.CountingBatchSpanProcessor(InMemorySpanExporter(), DropLedger())
+    assert processor.counting  # this SDK still has the queue memspan reads
+    processor.shutdown()
+
+    original_init = BatchSpanProcessor.__init__
+
+    def moved_queue(self: BatchSpanProcessor, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self._batch_processor._queue = None  # type: ignore[attr-defined]  # as a future SDK may
+
+    monkeypatch.setattr(BatchSpanProcessor, "__init__", moved_queue)
+    monkeypatch.setattr(counting, "_warned", threading.Event())
+    with caplog.at_level(logging.WARNING, logger="memspan.export.counting"):
+        for _ in range(2):
+            blind = counting.CountingBatchSpanProcessor(InMemorySpanExporter(), DropLedger())
+            assert not blind.counting
+            blind.shutdown()
+    assert len(caplog.records) == 1
+    assert "not counted in memspan.recorder.dropped" in caplog.records[0].getMessage()

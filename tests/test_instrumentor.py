@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
 import sys
+import textwrap
 
+import pytest
 import torch
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -12,7 +17,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from torch import nn
 
-from memspan import MemspanConfig, names
+import memspan
+from memspan import MemspanConfig, bootstrap, names
+from memspan.drops import PROCESS_LEDGER
 from memspan.instrumentor import MemspanInstrumentor
 from memspan.tracker import default_tracker_if_any
 
@@ -54,11 +61,80 @@ def test_instrument_uses_given_providers_and_uninstrument_removes_everything() -
     assert observable == []  # the callbacks went quiet
 
 
-def test_a_bad_variable_disables_memspan_without_raising(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_variable_disables_memspan_without_raising(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("MEMSPAN_BUFFER_SIZE", "lots")
     instrumentor = MemspanInstrumentor()
-    instrumentor.instrument(tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    original_call = nn.Module.__call__
+    with caplog.at_level(logging.ERROR, logger="memspan.instrumentor"):
+        instrumentor.instrument(tracer_provider=TracerProvider(), meter_provider=MeterProvider())
     try:
         assert default_tracker_if_any() is None
+        assert bootstrap.current_installation() is None
+        assert nn.Module.__call__ is original_call  # no auto phases either
+        assert [r.getMessage() for r in caplog.records] == [
+            "memspan: disabled because of a configuration error: MEMSPAN_BUFFER_SIZE='lots' is "
+            "not an integer; accepted: an integer in [1, 10000000]"]
     finally:
         instrumentor.uninstrument()
+
+
+def test_one_installation_and_one_ledger_per_process() -> None:
+    tracer_provider, meter_provider = TracerProvider(), MeterProvider()
+    instrumentor = MemspanInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            config=MemspanConfig(quiet=True, auto_phases=False))
+    try:
+        installation = bootstrap.current_installation()
+        assert installation is not None
+        assert installation.tracker is default_tracker_if_any()
+        assert installation.tracker.ledger is PROCESS_LEDGER
+        # configure() after the instrumentor returns the same tracker: one record, not two
+        assert memspan.configure() is installation.tracker
+    finally:
+        instrumentor.uninstrument()
+    assert bootstrap.current_installation() is None
+    assert default_tracker_if_any() is None
+    # ...and the other way round: the instrumentor joins the installation configure() made
+    tracker = memspan.configure(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                                quiet=True)
+    instrumentor.instrument(config=MemspanConfig(quiet=True, auto_phases=False))
+    try:
+        assert default_tracker_if_any() is tracker
+        assert bootstrap.current_installation() is not None
+        assert bootstrap.current_installation().tracker is tracker  # type: ignore[union-attr]
+    finally:
+        instrumentor.uninstrument()
+    assert default_tracker_if_any() is None
+
+
+def test_uninstrument_leaves_adopted_global_providers_running() -> None:
+    script = textwrap.dedent("""
+        import atexit
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()  # as the SDK configurator builds it: with an exit handler
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        metrics.set_meter_provider(MeterProvider())
+        from memspan import bootstrap
+        from memspan.instrumentor import MemspanInstrumentor
+        instrumentor = MemspanInstrumentor()
+        instrumentor.instrument()
+        assert bootstrap.current_installation().providers.owned == [
+            provider, metrics.get_meter_provider()]
+        instrumentor.uninstrument()
+        with trace.get_tracer("after").start_as_current_span("still-exported"):
+            pass
+        print([s.name for s in exporter.get_finished_spans()])
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    env["MEMSPAN_QUIET"] = "true"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "['still-exported']" in result.stdout

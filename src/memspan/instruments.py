@@ -120,7 +120,10 @@ class MemoryInstruments:
             self._before_collect()
         if not self._enabled:
             return []
+        counts = self._ledger.snapshot()
+        if not counts:  # the counter exists from the start, at zero, for increase() alerts
+            return [Observation(0, {})]
         return [
             Observation(count, {names.DROP_REASON: reason})
-            for reason, count in sorted(self._ledger.snapshot().items())
+            for reason, count in sorted(counts.items())
         ]

@@ -14,36 +14,22 @@ from collections.abc import Mapping
 from opentelemetry.sdk.resources import Resource, ResourceDetector
 from opentelemetry.util.types import AttributeValue
 
+from memspan import environment_variables as ev
 from memspan import names
 from memspan.config import ConfigError
 
 _PROCESS_INSTANCE_ID = str(uuid.uuid4())
 
-# (rank, local rank, world size) variable names, by launcher, first match wins.
-_RANK_VARIABLES = (
-    ("RANK", "LOCAL_RANK", "WORLD_SIZE"),
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"),
-    ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),
-)
-
 
 def _int_variable(env: Mapping[str, str], variable: str) -> int | None:
-    raw = env.get(variable)
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{variable}={raw!r} is not an integer; accepted: an integer >= 0") from None
-    if value < 0:
-        raise ConfigError(f"{variable}={raw!r} is negative; accepted: an integer >= 0")
-    return value
+    value = ev.read(variable, env)
+    return None if value is None else int(value)
 
 
 def rank_identity(env: Mapping[str, str] | None = None) -> dict[str, int]:
     """Rank, local rank and world size from the launcher's variables (validated)."""
     environ = os.environ if env is None else env
-    for rank_var, local_var, size_var in _RANK_VARIABLES:
+    for rank_var, local_var, size_var in ev.RANK_VARIABLES:
         rank = _int_variable(environ, rank_var)
         if rank is None:
             continue
@@ -53,7 +39,7 @@ def rank_identity(env: Mapping[str, str] | None = None) -> dict[str, int]:
         if local is not None:
             out[names.LOCAL_RANK] = local
         if size is not None:
-            if size < 1 or rank >= size:
+            if rank >= size:
                 raise ConfigError(
                     f"{rank_var}={rank} must be smaller than {size_var}={size}"
                 )
@@ -86,8 +72,8 @@ def memspan_attributes(
 ) -> dict[str, AttributeValue]:
     environ = os.environ if env is None else env
     attributes: dict[str, AttributeValue] = {"service.instance.id": _PROCESS_INSTANCE_ID}
-    job = (job_id or environ.get("MEMSPAN_JOB_ID") or environ.get("TORCHELASTIC_RUN_ID")
-           or environ.get("SLURM_JOB_ID"))
+    job = (job_id or environ.get(ev.MEMSPAN_JOB_ID) or environ.get(ev.TORCHELASTIC_RUN_ID)
+           or environ.get(ev.SLURM_JOB_ID))
     if job:
         attributes[names.JOB_ID] = job
     attributes.update(rank_identity(environ))

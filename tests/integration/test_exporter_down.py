@@ -1,15 +1,21 @@
-"""The collector is down: the job runs to completion, shutdown keeps its deadline, memory
-stays flat and the drops are counted."""
+"""The collector is down or hung: the job runs to completion, shutdown and exit keep their
+deadline, memory stays flat, the drops are counted and a normal exit is quiet."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 WORKLOAD = textwrap.dedent("""
     import json, sys, time
@@ -62,3 +68,102 @@ def test_workload_with_the_exporter_down(tmp_path: Path) -> None:
     assert report["drops"].get("export_queue_full", 0) > 0
     assert report["shutdown_s"] < 5.0 + 1.0
     assert not (tmp_path / "memspan-out").exists()  # the user's exporter was used, not ours
+
+
+@contextlib.contextmanager
+def silent_collector() -> Iterator[int]:
+    """A TCP server that accepts every connection and never answers (a hung collector)."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+NO_SHUTDOWN = textwrap.dedent("""
+    import memspan
+    memspan.configure(service_name="hung-collector")
+    for step in range(200):
+        with memspan.phase("step", step=step):
+            pass
+    print("done", flush=True)
+""")
+
+# The deadline is 5 s (memspan.bootstrap.EXIT_DEADLINE_S). The exporters may wait 60 s for an
+# answer (OTEL_EXPORTER_OTLP_TIMEOUT below), which the SDK's own exit handlers would do. The
+# bound is a hang guard with a wide margin between the two, not a timing measurement.
+EXIT_GUARD_S = 30.0
+NOISE = ("Exporter already shutdown", "shutdown can only be called once",
+         "Processor is already shutdown")
+
+
+def hung_env(port: int, protocol: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_LOGS_EXPORTER": "none",
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "60",
+                "OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    return env
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_exit_is_bounded_with_a_collector_that_never_answers(tmp_path: Path,
+                                                             protocol: str) -> None:
+    with silent_collector() as port:
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-c", NO_SHUTDOWN], cwd=tmp_path,
+                                env=hung_env(port, protocol), capture_output=True, text=True,
+                                timeout=120, check=False)
+        took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "done" in result.stdout
+    assert took < EXIT_GUARD_S, f"exit took {took:.1f} s"
+    assert not [n for n in NOISE if n in result.stderr], result.stderr[-2000:]
+
+
+def test_exit_is_bounded_under_opentelemetry_instrument(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text("import memspan\nfor i in range(50):\n    with memspan.phase('s'):\n"
+                      "        pass\nprint('done', flush=True)\n")
+    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
+    with silent_collector() as port:
+        started = time.monotonic()
+        result = subprocess.run([str(instrument), sys.executable, str(script)], cwd=tmp_path,
+                                env=hung_env(port, "http/protobuf"), capture_output=True,
+                                text=True, timeout=120, check=False)
+        took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "done" in result.stdout
+    assert took < EXIT_GUARD_S, f"exit took {took:.1f} s"
+    assert not [n for n in NOISE if n in result.stderr], result.stderr[-2000:]
+
+
+def test_a_normal_run_prints_no_shutdown_noise(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    script = "import memspan\nmemspan.configure()\nwith memspan.phase('p'):\n    pass\n"
+    for explicit in ("", "memspan.shutdown()\n"):
+        result = subprocess.run([sys.executable, "-c", script + explicit], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        assert [line for line in result.stderr.splitlines()
+                if not line.startswith("memspan: telemetry -> ")] == []

@@ -60,11 +60,11 @@ def test_fork_dataloader_workers_under_auto_phases(tmp_path: Path) -> None:
 
 BLOCKED = textwrap.dedent("""
     import threading, time
-    from opentelemetry.exporter.otlp.json.file import FileSpanExporter
+    from memspan.export.embedded import SpanLinesExporter
     never = threading.Event()
     def blocked_export(self, spans):
         never.wait()  # an exporter that hangs forever (a dead NFS mount, say)
-    FileSpanExporter.export = blocked_export
+    SpanLinesExporter.export = blocked_export
     import memspan
     memspan.configure(export_interval_s=60)
     for i in range(200):

@@ -3,10 +3,20 @@
 The queue stays the SDK's (bounded, drops the oldest when full); this subclass only notices
 that a span is about to push another one out and counts it as ``export_queue_full``, so an
 exporter that is down shows up in ``memspan.recorder.dropped`` instead of a log line.
+
+The SDK has no public way to ask how full the queue is, so this reads the batch processor's
+``_batch_processor._queue`` and ``_max_queue_size``. When a future SDK moves them, counting
+stops *loudly*: the constructor logs one warning per process saying that these drops are no
+longer counted by memspan and that the SDK's own ``otel.sdk.processor.span.processed``
+counter (``error.type=queue_full``, enabled by ``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``)
+still counts them.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Sized
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -14,16 +24,30 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from memspan.drops import EXPORT_QUEUE_FULL, DropLedger
 
+_logger = logging.getLogger(__name__)
+_warned = threading.Event()
+
 
 class CountingBatchSpanProcessor(BatchSpanProcessor):
     def __init__(self, exporter: SpanExporter, ledger: DropLedger, **kwargs: Any) -> None:
         super().__init__(exporter, **kwargs)
         self._ledger = ledger
-
-    def on_end(self, span: ReadableSpan) -> None:
         inner = getattr(self, "_batch_processor", None)
         queue = getattr(inner, "_queue", None)
         limit = getattr(inner, "_max_queue_size", None)
+        self._queue: Sized | None = queue if isinstance(queue, Sized) else None
+        self._limit: int | None = limit if isinstance(limit, int) else None
+        self.counting = self._queue is not None and self._limit is not None
+        if not self.counting and not _warned.is_set():
+            _warned.set()
+            _logger.warning(
+                "memspan: this OpenTelemetry SDK does not expose its span queue; spans dropped "
+                "by a full export queue are not counted in memspan.recorder.dropped (the SDK's "
+                "otel.sdk.processor.span.processed{error.type=queue_full} counts them when "
+                "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true)")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        queue, limit = self._queue, self._limit
         if queue is not None and limit is not None and len(queue) >= limit:
             self._ledger.add(EXPORT_QUEUE_FULL,
                              warning="the span export queue is full (is the exporter down?); "

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from memspan.environment_variables import bundle_allowlist
+
 SCHEMA_VERSION = 1
 #: the most bytes of ``events.jsonl`` one bundle holds (the events after it are cut, counted
 #: in the manifest's ``events_truncated``)
@@ -39,17 +41,9 @@ BUNDLE_FILES = ("manifest.json", "events.jsonl", "metadata.json", "phases.json",
                 "memory.json", "environment.json", "traceback.txt")
 CUDA_SNAPSHOT_FILE = "cuda_snapshot.pickle"
 BUNDLE_NAME = re.compile(r"^(\d{8}T\d{6}Z)_([A-Za-z0-9.-]{1,64})_r(\d+)_p(\d+)_(\d+)$")
-ENV_ALLOWLIST = (
-    "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING",
-    "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING",
-    "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "OMP_NUM_THREADS",
-    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
-    "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS",
-    "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OTEL_SERVICE_NAME",
-    "MEMSPAN_SAMPLE_INTERVAL", "MEMSPAN_NVML_INTERVAL", "MEMSPAN_DUMP_DIR",
-    "MEMSPAN_BUFFER_SIZE", "MEMSPAN_MAX_DUMPS", "MEMSPAN_MAX_TOTAL_MB", "MEMSPAN_CUDA_HISTORY",
-    "MEMSPAN_BREADCRUMBS", "MEMSPAN_AUTO_PHASES",
-)
+#: derived from the declarations in memspan.environment_variables (no URLs: they can carry
+#: credentials)
+ENV_ALLOWLIST = bundle_allowlist()
 
 
 @dataclass

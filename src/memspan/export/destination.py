@@ -1,0 +1,68 @@
+"""Where telemetry goes, in one line for a person: the start-up line on stderr.
+
+The SDK has no public way to list a provider's exporters, so :func:`exporters_of` looks at
+the span processors and metric readers defensively: anything it cannot recognise is named by
+its class, and nothing here ever raises (a description must not break start-up).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memspan import environment_variables as ev
+
+_NOWHERE_HINT = ("set OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT, "
+                 "or run without opentelemetry-instrument's providers to get memspan's files")
+
+
+def _describe_exporter(exporter: Any) -> str:
+    name = type(exporter).__name__
+    path = getattr(getattr(exporter, "_stream", None), "path", None)
+    if isinstance(path, str):
+        return f"{name} -> {path}"
+    endpoint = getattr(exporter, "_endpoint", None)
+    if isinstance(endpoint, str) and endpoint:
+        return f"{name} -> {endpoint}"
+    return name
+
+
+def exporters_of(tracer_provider: Any, meter_provider: Any) -> list[str] | None:
+    """Descriptions of the exporters behind two SDK providers; None when they are not SDK
+    providers (or not recognisable), [] when they are and export nowhere."""
+    try:
+        multi = getattr(tracer_provider, "_active_span_processor", None)
+        processors = getattr(multi, "_span_processors", None)
+        readers = getattr(meter_provider, "_metric_readers", None)
+        if processors is None and readers is None:
+            return None
+        out: list[str] = []
+        for processor in processors or ():
+            exporter = getattr(processor, "span_exporter", None)
+            if exporter is None:
+                exporter = getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
+            out.append("spans: " + _describe_exporter(exporter if exporter is not None
+                                                       else processor))
+        for reader in readers or ():
+            exporter = getattr(reader, "_exporter", None)
+            out.append("metrics: " + _describe_exporter(exporter if exporter is not None
+                                                         else reader))
+        return out
+    except Exception:
+        return None
+
+
+def startup_line(mode: str, destinations: list[str] | None, dump_dir: str,
+                 oom_enabled: bool) -> str:
+    """The one line memspan prints at start-up (see ``docs/configuration.md``)."""
+    bundles = f"OOM bundles -> {dump_dir}" if oom_enabled else "OOM bundles off"
+    quiet = f"{ev.MEMSPAN_QUIET}=true hides this line"
+    if mode == "explicit":
+        where = "the providers passed to memspan"
+    elif destinations is None:
+        where = "the OpenTelemetry providers already installed"
+    elif not destinations:
+        return (f"memspan: telemetry goes NOWHERE: the installed OpenTelemetry providers have "
+                f"no exporter ({_NOWHERE_HINT}); {bundles}; {quiet}")
+    else:
+        where = "; ".join(destinations)
+    return f"memspan: telemetry -> {where}; {bundles}; {quiet}"
