@@ -72,8 +72,21 @@ def test_a_bad_variable_disables_memspan_without_raising(
         assert default_tracker_if_any() is None
         assert bootstrap.current_installation() is None
         assert nn.Module.__call__ is original_call  # no auto phases either
+        # disabled: every public call is a pass-through that never raises
+        with memspan.phase("step", step=1) as scope:
+            assert scope.phase_path is None
+
+        @memspan.phase("decorated")
+        def work(x: int) -> int:
+            return x + 1
+
+        assert work(1) == 2
+        memspan.enter_phase("handle").close()
+        with pytest.raises(MemoryError), memspan.capture_oom("block"):
+            raise MemoryError("the user's own error still propagates")
+        assert default_tracker_if_any() is None
         assert [r.getMessage() for r in caplog.records] == [
-            "memspan: disabled because of a configuration error: MEMSPAN_BUFFER_SIZE='lots' is "
+            "memspan: disabled, the program runs without it: configuration error: MEMSPAN_BUFFER_SIZE='lots' is "
             "not an integer; accepted: an integer in [1, 10000000]"]
     finally:
         instrumentor.uninstrument()

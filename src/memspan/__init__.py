@@ -28,6 +28,7 @@ from memspan.oom import (
     classify_oom_exception,
 )
 from memspan.oom.service import capture_oom_block
+from memspan.phase_scope import DISABLED_PHASE, DisabledPhase
 from memspan.runtime import (
     PhaseBoundary,
     PhaseHandle,
@@ -35,25 +36,40 @@ from memspan.runtime import (
     PhaseRecorder,
     PhaseToken,
 )
-from memspan.tracker import PhaseScope, Tracker, get_tracker
+from memspan.tracker import PhaseScope, Tracker, default_tracker_or_none, get_tracker
 from memspan.version import __version__
 
 
-def phase(name: str, /, **attributes: Any) -> PhaseScope:
-    """A phase of the default tracker: ``with memspan.phase("step", step=3):`` or a decorator."""
-    return get_tracker().phase(name, **attributes)
+def phase(name: str, /, trace_root: bool | None = None,
+          **attributes: Any) -> PhaseScope | DisabledPhase:
+    """A phase of the default tracker: ``with memspan.phase("step", step=3):`` or a decorator.
+
+    ``trace_root=True`` starts a trace of its own (names in ``MEMSPAN_TRACE_ROOTS`` do by
+    default). While memspan is disabled (a configuration error) this is a pass-through.
+    """
+    tracker = default_tracker_or_none()
+    if tracker is None:
+        return DISABLED_PHASE
+    return tracker.phase(name, trace_root=trace_root, **attributes)
 
 
-def enter_phase(name: str, attributes: Mapping[str, Any] | None = None) -> PhaseHandle:
+def enter_phase(name: str, attributes: Mapping[str, Any] | None = None,
+                trace_root: bool | None = None) -> PhaseHandle:
     """Open a phase of the default tracker now; close it through the returned handle."""
-    return get_tracker().enter_phase(name, attributes)
+    tracker = default_tracker_or_none()
+    if tracker is None:
+        return PhaseHandle(scope_id="", name=str(name), path=(str(name),),
+                           close_callback=lambda: None)
+    return tracker.enter_phase(name, attributes, trace_root)
 
 
 def capture_oom(
     context: str | None = None, metadata: Mapping[str, Any] | None = None
 ) -> AbstractContextManager[None]:
     """Dump and report an OOM raised in this block (for code outside phases); re-raises it."""
-    return capture_oom_block(get_tracker().flight_recorder, context, metadata)
+    tracker = default_tracker_or_none()
+    return capture_oom_block(tracker.flight_recorder if tracker is not None else None,
+                             context, metadata)
 
 
 __all__ = [

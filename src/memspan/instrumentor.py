@@ -30,7 +30,7 @@ from memspan.analysis.thresholds import LeakThresholds
 from memspan.auto_phases import TorchAutoPhases
 from memspan.config import ConfigError, MemspanConfig
 from memspan.package import _instruments
-from memspan.tracker import get_tracker
+from memspan.tracker import disable, get_tracker
 
 _logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class MemspanInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 config, kwargs.get("tracer_provider"), kwargs.get("meter_provider"), thresholds
             )
         except ConfigError as error:
-            _logger.error("memspan: disabled because of a configuration error: %s", error)
+            disable(f"configuration error: {error}")
             return
         if config.auto_phases:
             auto = TorchAutoPhases(get_tracker)

@@ -165,3 +165,33 @@ def _wrap_async_generator(function: Any, core: PhaseCore, name: str,
                         thrown, to_send = error, None
 
     return wrapper
+
+
+class DisabledPhase:
+    """What ``memspan.phase`` returns while memspan is disabled (a configuration error):
+    a context manager and decorator that does nothing and never raises."""
+
+    __slots__ = ()
+    scope_id = None
+    phase_path = None
+    span = None
+
+    def __enter__(self) -> DisabledPhase:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        return None
+
+    async def __aenter__(self) -> DisabledPhase:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        return None
+
+    def __call__(self, function: F) -> F:
+        return function
+
+
+DISABLED_PHASE = DisabledPhase()

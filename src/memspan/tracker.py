@@ -32,8 +32,8 @@ from memspan import names
 from memspan.analysis.leak_watch import LeakWatcher
 from memspan.analysis.thresholds import LeakThresholds
 from memspan.boundary import BoundaryReader
-from memspan.config import MemspanConfig
-from memspan.drops import DropLedger
+from memspan.config import ConfigError, MemspanConfig
+from memspan.drops import PROCESS_LEDGER, DropLedger
 from memspan.instruments import MemoryInstruments
 from memspan.oom.observer import AllocatorObserver
 from memspan.oom.service import FlightRecorderService
@@ -275,18 +275,50 @@ def _ignore(_error: BaseException) -> None:
 
 _default_lock = threading.Lock()
 _default_tracker: Tracker | None = None
+_disabled: str | None = None
 
 
 def get_tracker() -> Tracker:
-    """The default tracker, created on first use with the global OTel providers."""
+    """The default tracker, created on first use with the global OTel providers.
+
+    Raises :class:`~memspan.config.ConfigError` for a bad ``MEMSPAN_*`` variable; the
+    module-level API (:func:`memspan.phase` ...) uses :func:`default_tracker_or_none` instead,
+    which never raises.
+    """
     global _default_tracker
     tracker = _default_tracker
     if tracker is None:
         with _default_lock:
             if _default_tracker is None:
-                _default_tracker = Tracker(config=MemspanConfig.from_env())
+                _default_tracker = Tracker(config=MemspanConfig.from_env(),
+                                           ledger=PROCESS_LEDGER)
             tracker = _default_tracker
     return tracker
+
+
+def disable(reason: str) -> None:
+    """Turn the module-level API into pass-throughs (a configuration error); logged once."""
+    global _disabled
+    if _disabled is None:
+        _logger.error("memspan: disabled, the program runs without it: %s", reason)
+    _disabled = reason
+
+
+def disabled_reason() -> str | None:
+    """Why memspan is disabled, or None when it is not."""
+    return _disabled
+
+
+def default_tracker_or_none() -> Tracker | None:
+    """The default tracker, or None while memspan is disabled. Never raises: a configuration
+    error found here disables memspan (logged once) and the program runs without it."""
+    if _disabled is not None:
+        return None
+    try:
+        return get_tracker()
+    except ConfigError as error:
+        disable(str(error))
+        return None
 
 
 def default_tracker_if_any() -> Tracker | None:
@@ -295,12 +327,15 @@ def default_tracker_if_any() -> Tracker | None:
 
 
 def set_default_tracker(tracker: Tracker | None) -> Tracker | None:
-    """Install ``tracker`` as the default; return the one it replaces."""
-    global _default_tracker
+    """Install ``tracker`` as the default (``None``: none, and memspan no longer disabled);
+    return the one it replaces."""
+    global _default_tracker, _disabled
     with _default_lock:
         previous, _default_tracker = _default_tracker, tracker
+        _disabled = None
     return previous
 
 
 __all__ = ["SDK", "PhaseScope", "Tracker", "default_sources", "default_tracker_if_any",
-           "get_tracker", "set_default_tracker"]
+           "default_tracker_or_none", "disable", "disabled_reason", "get_tracker",
+           "set_default_tracker"]
