@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from memspan.safe_files import ensure_directory
+
 SCHEMA_VERSION = 1
 BUNDLE_NAME = re.compile(r"^(\d{8}T\d{6}Z)_([A-Za-z0-9.-]{1,64})_r(\d+)_p(\d+)_(\d+)$")
 ENV_ALLOWLIST = (
@@ -117,7 +119,7 @@ def _stream_events(directory: str, events: Iterable[Mapping[str, Any]], max_byte
 def write_bundle(dump_dir: str, name: str, content: BundleContent, *,
                  max_event_bytes: int = 64 << 20, time_budget_s: float = 10.0) -> str:
     """Write the bundle atomically and return its absolute path (raises on failure)."""
-    os.makedirs(dump_dir, mode=0o700, exist_ok=True)
+    ensure_directory(dump_dir, own_name=False)  # created 0700, parents included
     final = os.path.abspath(os.path.join(dump_dir, name))
     temporary = os.path.join(os.path.dirname(final), f".tmp-{name}-{secrets.token_hex(4)}")
     os.mkdir(temporary, 0o700)
