@@ -35,6 +35,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -62,7 +63,7 @@ MAX_LINE_BYTES = 1 << 20
 _URGENT = frozenset({EventType.PHASE_START.value, EventType.PHASE_END.value,
                      EventType.OOM.value, EventType.ALLOCATOR_OOM.value,
                      EventType.CGROUP_OOM_KILL.value})
-_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def breadcrumb_path(dump_dir: str, rank: int, pid: int) -> str:
@@ -149,11 +150,16 @@ class BreadcrumbWriter:
             self._dir_fd = None
 
     def _append(self, data: bytes) -> bool:
-        """Append to the existing file; False when it (or its directory) has gone."""
+        """Append to the existing file; False when it (or its directory) has gone, or when
+        something that is not our file (a symlink) took its place: the caller rewrites."""
         try:
             fd = os.open(self._name, _APPEND_FLAGS, dir_fd=self._directory_fd())
         except FileNotFoundError:
             return False
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENXIO):  # a symlink, a FIFO without reader
+                return False
+            raise
         try:
             write_all(fd, data)
         finally:
