@@ -319,9 +319,10 @@ def _post_mortem(args: argparse.Namespace, config: MemspanConfig, cgroup: Cgroup
     if crumb_peak is not None and (state.peak_bytes is None or crumb_peak > state.peak_bytes):
         state.peak_bytes = crumb_peak  # a peak is never shown below an RSS seen in the run
         state.classification = classify()
-    state.refused.extend(state.outcome.refused)
     for message in state.outcome.refused:
-        print(f"memspan run: warning: refused {message}", file=sys.stderr)
+        if message not in state.refused:  # the preflight already warned about this one
+            state.refused.append(message)
+            print(f"memspan run: warning: refused {message}", file=sys.stderr)
     for message in state.outcome.warnings:
         print(f"memspan run: warning: {message}", file=sys.stderr)
     try:

@@ -171,6 +171,8 @@ def _collect(dir_fd: int, dump_dir: str, classification: ProcessExitClassificati
             continue
         try:
             info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                raise UnsafePathError(errno.ELOOP, "is a symlink (refused, never followed)", name)
             if not stat.S_ISREG(info.st_mode):
                 raise UnsafePathError(errno.EINVAL, "is not a regular file (refused)", name)
             header, events, bad_lines = read_breadcrumb(name, dir_fd=dir_fd)
