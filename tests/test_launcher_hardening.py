@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from launcher_helpers import attrs, clean_env, dead_pid, memspan_run, run_spans
 
+from launcher_helpers import attrs, clean_env, dead_pid, memspan_run, run_spans
 from memspan.launcher.command_args import child_service_name, redact_args
 from memspan.launcher.memory_limit import MemoryLimitError, create_limit_group
 from memspan.oom.retention import list_bundles
@@ -312,14 +312,14 @@ def test_no_marker_for_zoom_on_a_failed_exit(tmp_path: Path) -> None:
 def test_the_peak_is_never_below_an_rss_seen_in_the_run(tmp_path: Path) -> None:
     """A process of this run recorded 50 GiB RSS in its breadcrumbs: ``wait4``'s peak of the
     small child must not be shown instead."""
-    (tmp_path / "child.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "child.py").write_text(textwrap.dedent("""
         import json, os, pathlib, subprocess, sys, time
         helper = subprocess.Popen([sys.executable, "-c", "pass"]); helper.wait()
         crumbs = pathlib.Path("oom_dumps/.breadcrumbs")
-        header = {{"type": "breadcrumb_header", "pid": helper.pid, "started_at": time.time()}}
-        event = {{"seq": 1, "ts": 0, "type": "phase_start", "path": "big", "scope_id": "s:1",
-                  "rss": 50 << 30}}
-        (crumbs / f"r0_p{{helper.pid}}.jsonl").write_text(
+        header = {"type": "breadcrumb_header", "pid": helper.pid, "started_at": time.time()}
+        event = {"seq": 1, "ts": 0, "type": "phase_start", "path": "big", "scope_id": "s:1",
+                  "rss": 50 << 30}
+        (crumbs / f"r0_p{helper.pid}.jsonl").write_text(
             json.dumps(header) + "\\n" + json.dumps(event) + "\\n")
         os.kill(os.getpid(), 9)
     """))

@@ -18,9 +18,11 @@ import sys
 import termios
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from launcher_helpers import clean_env
 
 CHILD = textwrap.dedent("""
@@ -53,7 +55,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _wait_for(read: "callable[[], bytes]", needle: bytes, deadline_s: float = 60) -> bytes:  # type: ignore[valid-type]
+def _wait_for(read: Callable[[], bytes], needle: bytes, deadline_s: float = 60) -> bytes:
     seen = b""
     end = time.monotonic() + deadline_s
     while needle not in seen:
