@@ -304,6 +304,13 @@ def test_summary_quotes_the_command_and_markers_are_word_bounded(tmp_path: Path)
     assert "CUDA OOM error" in events["memspan.run.output"]["memspan.run.output.stderr"]
 
 
+def test_control_characters_in_the_command_never_reach_the_terminal(tmp_path: Path) -> None:
+    result = memspan_run(tmp_path, "--", PY, "-c", "pass", "\x1b[2Jevil\x07")
+    assert result.returncode == 0
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "\\x1b[2Jevil\\x07" in result.stderr
+
+
 def test_no_marker_for_zoom_on_a_failed_exit(tmp_path: Path) -> None:
     result = memspan_run(tmp_path, "--", PY, "-c", "print('Zoom in the bedroom'); exit(1)")
     assert result.returncode == 1 and "OOM" not in result.stderr

@@ -404,6 +404,11 @@ def _excerpt(text: str) -> str:
     return cut[newline + 1:] if 0 <= newline < len(cut) - 1 else cut
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters shown as escapes (never sent raw to a terminal)."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -414,7 +419,7 @@ def _signal_name(number: int) -> str:
 def summary(state: RunState) -> str:
     """The one paragraph printed on stderr after the run."""
     c = state.classification
-    shown = shlex.join(redact_args(state.command))
+    shown = _printable(shlex.join(redact_args(state.command)))
     code = state.exit_code
     if code == 0:
         text = f"memspan: {shown} exited normally."
