@@ -58,8 +58,3 @@ MEMSPAN_REPORTS_DIR = "MEMSPAN_REPORTS_DIR"
 MEMSPAN_JOB_ID = "MEMSPAN_JOB_ID"
 """Job id for the ``memspan.job.id`` resource attribute (else TORCHELASTIC_RUN_ID or
 SLURM_JOB_ID)."""
-
-MEMSPAN_RUN_EXPORT_ARGS = "MEMSPAN_RUN_EXPORT_ARGS"
-"""``memspan run`` exports the child's command arguments as ``process.command_args`` (with
-the values of credential-looking flags redacted). Default ``false``: only the executable's
-name is exported. Same as ``memspan run --export-args``."""

@@ -34,7 +34,6 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from memspan import environment_variables as ev
 from memspan import names
 from memspan.bootstrap import install_providers, shutdown_providers, user_configured_exporters
 from memspan.config import ConfigError, MemspanConfig
@@ -53,8 +52,6 @@ from memspan.version import __version__
 TAIL_BYTES = 64 * 1024
 #: Bytes of each stream's tail put on the ``memspan.run`` span's output event.
 SPAN_EXCERPT_BYTES = 4 * 1024
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 def add_parser(subparsers: Any) -> None:
@@ -150,14 +147,6 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _export_args_opt_in(args: argparse.Namespace) -> bool:
-    text = os.environ.get(ev.MEMSPAN_RUN_EXPORT_ARGS, "").strip().lower()
-    if text not in _TRUE | _FALSE:
-        raise ConfigError(f"{ev.MEMSPAN_RUN_EXPORT_ARGS}={text!r} is not a boolean "
-                          "(true/false, 1/0, yes/no, on/off)")
-    return bool(args.export_args) or text in _TRUE
-
-
 def _check_directories(dump_dir: str, output_dir: str | None, breadcrumbs: bool,
                        refused: list[str]) -> str | None:
     """Create/check the directories before the child starts; an error message, or None."""
@@ -191,7 +180,6 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail("no command given; usage: memspan run [options] -- CMD ...")
     try:
         config = MemspanConfig.from_env()
-        export_args = _export_args_opt_in(args)
     except ConfigError as error:
         return _fail(str(error))
     dump_dir = os.path.abspath(args.dump_dir or config.dump_dir)
@@ -220,7 +208,7 @@ def run_command(args: argparse.Namespace) -> int:
     service = child_service_name(command, env)
     if not env.get("OTEL_SERVICE_NAME"):
         env["OTEL_SERVICE_NAME"] = service  # the child's telemetry and the run span agree
-    state = RunState(command, service, export_args, dump_dir, time.time(), refused=refused,
+    state = RunState(command, service, bool(args.export_args), dump_dir, time.time(), refused=refused,
                      limit_enforced=group is not None)
     try:
         return _run(args, config, env, group, state)

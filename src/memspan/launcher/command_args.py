@@ -3,7 +3,7 @@
 - By default only the executable's name is exported (``process.executable.name``): command
   arguments often hold tokens (``--hf-token hf_...``), and the semantic conventions make
   ``process.command_args`` opt-in for that reason.
-- With the opt-in (``--export-args`` or ``MEMSPAN_RUN_EXPORT_ARGS=true``) the arguments are
+- With the opt-in (``memspan run --export-args``) the arguments are
   exported with the value of every credential-looking flag replaced by ``<redacted>``: a
   flag (or ``NAME=value`` word) whose name contains ``token``, ``secret``, ``key``,
   ``password``, ``passwd``, ``auth`` or ``credential``, in the ``--flag=value`` and
