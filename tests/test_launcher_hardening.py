@@ -396,3 +396,18 @@ def test_memory_limit_on_this_machine(tmp_path: Path) -> None:
                          "x = bytearray(256 << 20); x[::4096] = b'1' * len(x[::4096])")
     assert result.returncode == 137, result.stderr
     assert "OOM confirmed" in result.stderr
+
+
+def test_a_closed_stdout_neither_blocks_the_child_nor_changes_the_status(tmp_path: Path) -> None:
+    """``memspan run ... | head -1``: output is drained, the child's status comes back."""
+    import subprocess
+
+    code = "import sys\nfor i in range(200000): print('line', i)\nsys.exit(4)"
+    proc = subprocess.Popen([PY, "-m", "memspan", "run", "--", PY, "-c", code], cwd=tmp_path,
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"line 0")
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 4, stderr
+    assert "Traceback" not in stderr and "exited with status 4" in stderr

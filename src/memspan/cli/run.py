@@ -142,6 +142,13 @@ class RunState:
     refused: list[str] = field(default_factory=list)
 
 
+def _warn(message: str) -> None:
+    try:
+        print(f"memspan run: warning: {message}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass  # stderr is gone: the exit status still is the child's
+
+
 def _fail(message: str) -> int:
     print(f"memspan run: {message}", file=sys.stderr)
     return 2
@@ -216,7 +223,7 @@ def run_command(args: argparse.Namespace) -> int:
         if group is not None:
             warning = group.remove()
             if warning:
-                print(f"memspan run: warning: {warning}", file=sys.stderr)
+                _warn(warning)
 
 
 def _run(args: argparse.Namespace, config: MemspanConfig, env: dict[str, str],
@@ -252,8 +259,8 @@ def _run(args: argparse.Namespace, config: MemspanConfig, env: dict[str, str],
         try:
             _post_mortem(args, config, cgroup, before, group, state)
         except Exception as error:  # never another exit status than the child's
-            print(f"memspan run: warning: the post-mortem failed ({type(error).__name__}: "
-                  f"{error}); the exit status is the child's", file=sys.stderr)
+            _warn(f"the post-mortem failed ({type(error).__name__}: {error}); the exit "
+                  "status is the child's")
     finally:
         forwarder.restore()
     code = state.exit_code
@@ -310,14 +317,13 @@ def _post_mortem(args: argparse.Namespace, config: MemspanConfig, cgroup: Cgroup
     for message in state.outcome.refused:
         if message not in state.refused:  # the preflight already warned about this one
             state.refused.append(message)
-            print(f"memspan run: warning: refused {message}", file=sys.stderr)
+            _warn(f"refused {message}")
     for message in state.outcome.warnings:
-        print(f"memspan run: warning: {message}", file=sys.stderr)
+        _warn(message)
     try:
         _record_span(config, state)
     except Exception as error:
-        print(f"memspan run: warning: the memspan.run span was not recorded "
-              f"({type(error).__name__}: {error})", file=sys.stderr)
+        _warn(f"the memspan.run span was not recorded ({type(error).__name__}: {error})")
     print(summary(state), file=sys.stderr)
 
 
