@@ -89,8 +89,10 @@ def test_sigint_reaches_the_child_once(tmp_path: Path, target: str) -> None:
     assert (tmp_path / "deliveries.txt").read_text() == "1"
 
 
-def test_ctrl_c_on_a_real_terminal_reaches_the_child_once(tmp_path: Path) -> None:
-    """memspan is the foreground job of a pseudo-terminal; ^C is typed into it."""
+@pytest.mark.parametrize("how", ["ctrl-c", "kill-pid"])
+def test_sigint_on_a_real_terminal_reaches_the_child_once(tmp_path: Path, how: str) -> None:
+    """memspan is the foreground job of a pseudo-terminal; ^C is typed into it (the
+    terminal signals the group), or SIGINT is sent to memspan's pid alone (forwarded)."""
     (tmp_path / "child.py").write_text(CHILD)
     try:
         master, slave = pty.openpty()
@@ -115,7 +117,10 @@ def test_ctrl_c_on_a_real_terminal_reaches_the_child_once(tmp_path: Path) -> Non
 
     try:
         seen = _wait_for(read, b"ready")
-        os.write(master, b"\x03")  # the terminal sends SIGINT to its foreground group
+        if how == "ctrl-c":
+            os.write(master, b"\x03")  # the terminal sends SIGINT to its foreground group
+        else:
+            os.kill(proc.pid, signal.SIGINT)
         end = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < end:
             seen += read()

@@ -251,9 +251,11 @@ def _run(args: argparse.Namespace, config: MemspanConfig, env: dict[str, str],
         assert child.stdout is not None and child.stderr is not None
         pumps = [start_pump(child.stdout, sys.stdout.buffer, tails[0]),
                  start_pump(child.stderr, sys.stderr.buffer, tails[1])]
-        state.exit_code, state.peak_bytes = _wait(child)
+        state.exit_code, state.peak_bytes = _wait(child, forwarder)
         forwarder.child_exited = True
-        for pump in pumps:  # like `cmd | tee`: until every writer closed the pipe
+        # like `cmd | tee`: until every writer closed the pipe, still forwarding signals
+        forwarder.wait_for(lambda: not any(pump.is_alive() for pump in pumps), poll_s=0.1)
+        for pump in pumps:
             pump.join()
         state.stdout_tail, state.stderr_tail = tails[0].text(), tails[1].text()
         try:
@@ -267,14 +269,26 @@ def _run(args: argparse.Namespace, config: MemspanConfig, env: dict[str, str],
     return code if code >= 0 else 128 - code
 
 
-def _wait(child: subprocess.Popen[bytes]) -> tuple[int, int | None]:
-    """Wait for the child; its exit code and peak RSS (``wait4``'s ``ru_maxrss``)."""
-    while True:
+def _wait(child: subprocess.Popen[bytes],
+          forwarder: SignalForwarder) -> tuple[int, int | None]:
+    """Wait for the child, forwarding signals; its exit code and peak RSS (``ru_maxrss``)."""
+    reaped: list[tuple[int, Any]] = []
+
+    def done() -> bool:
+        if not reaped:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                reaped.append((status, usage))
+        return bool(reaped)
+
+    forwarder.wait_for(done)
+    while not reaped:  # no sigtimedwait here: a plain blocking wait, handlers forward
         try:
             _, status, usage = os.wait4(child.pid, 0)
-            break
+            reaped.append((status, usage))
         except InterruptedError:
             continue
+    status, usage = reaped[0]
     code = os.waitstatus_to_exitcode(status)
     child.returncode = code
     peak = int(usage.ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
