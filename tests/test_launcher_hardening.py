@@ -177,6 +177,10 @@ def test_a_spawn_pool_terminated_normally_leaves_no_bundle(tmp_path: Path) -> No
     assert list_bundles(str(tmp_path / "oom_dumps")) == []
     assert not [p for p in (tmp_path / "oom_dumps/.breadcrumbs").iterdir()
                 if p.name.endswith(".jsonl")]
+    (span,) = run_spans(tmp_path / "memspan-out")
+    # the terminated workers did leave breadcrumbs: found, and discarded for lack of evidence
+    assert int(attrs(span["attributes"])["memspan.run.breadcrumbs.discarded"]) >= 1
+    assert "without evidence of an abnormal death were discarded" in result.stderr
 
 
 def test_breadcrumbs_from_an_earlier_run_are_stale_not_evidence(tmp_path: Path) -> None:
