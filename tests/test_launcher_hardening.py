@@ -119,6 +119,18 @@ def test_a_breadcrumbs_dir_of_another_user_is_refused(tmp_path: Path) -> None:
     assert "owned by uid 65534" in result.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a symlink of another user")
+def test_a_dump_dir_symlink_planted_by_another_user_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "shared_dumps").symlink_to(tmp_path / "victim")
+    os.lchown(tmp_path / "shared_dumps", 65534, 65534)
+    result = memspan_run(tmp_path, "--dump-dir", str(tmp_path / "shared_dumps"),
+                         *marker_child(tmp_path))
+    assert result.returncode == 2
+    assert "symlink owned by uid 65534" in result.stderr
+    assert not (tmp_path / STARTED).exists() and list((tmp_path / "victim").iterdir()) == []
+
+
 # -- #6: the dump directory deleted mid-run ------------------------------------------------
 def test_breadcrumbs_recover_after_the_dump_dir_is_deleted_mid_run(tmp_path: Path) -> None:
     (tmp_path / "child.py").write_text(textwrap.dedent("""
