@@ -98,16 +98,34 @@ class BreadcrumbWriter:
         self._started = False
         self._dir_fd: int | None = None
         self._refused = False
+        self._dirty = False
         self._pid = os.getpid()
 
     def flush(self, *, force: bool = False) -> None:
-        """Write what the ring recorded since the last write (see the module docstring)."""
+        """Write what the ring recorded since the last write (see the module docstring).
+
+        Single-flight: a call that finds another thread flushing returns at once, after
+        marking the writer dirty; the flushing thread then looks again after releasing the
+        lock, so an urgent event recorded meanwhile is never left waiting.
+        """
         if os.getpid() != self._pid or self._refused:
             # A forked child (a DataLoader worker) must not write into its parent's file, and
             # it usually ends with os._exit, which would leave a file of its own behind.
             return
-        if not self._lock.acquire(blocking=force):
-            return  # another thread is flushing: single-flight
+        self._dirty = True
+        for _ in range(3):
+            if not self._lock.acquire(blocking=force):
+                return  # the thread holding the lock sees _dirty and looks again
+            try:
+                self._dirty = False
+                self._flush_locked(force)
+            finally:
+                self._lock.release()
+            if not self._dirty or self._refused:
+                return
+            force = False
+
+    def _flush_locked(self, force: bool) -> None:
         try:
             now = time.monotonic()
             if not self._started:
@@ -134,8 +152,6 @@ class BreadcrumbWriter:
         except OSError as error:
             self._close_directory()
             self._ledger.add(BREADCRUMB_ERROR, warning=f"breadcrumb write failed: {error}")
-        finally:
-            self._lock.release()
 
     def _directory_fd(self) -> int:
         if self._dir_fd is None:
