@@ -60,7 +60,7 @@ def test_classify_peak_far_below_the_limit_suggests_nothing() -> None:
 
 @pytest.mark.parametrize(("code", "tail"), [
     (1, "Zoom level out of range"), (1, "the bedroom is full"), (139, "Segmentation fault"),
-    (0, "Killed"), (2, "skilled worker"),
+    (0, "Killed"), (2, "skilled worker"), (1, "ZOOM"), (1, "signal 90"), (1, "roomy"),
 ])
 def test_classify_not_oom(code: int, tail: str) -> None:
     c = classify_process_exit(code, output_tail=tail)
@@ -68,8 +68,10 @@ def test_classify_not_oom(code: int, tail: str) -> None:
 
 
 @pytest.mark.parametrize(("tail", "marker"), [
-    ("RuntimeError: CUDA out of memory.", "out of memory"), ("Killed", "Killed"),
-    ("worker exited on signal 9", "signal 9"), ("kernel: oom-kill:constraint", "oom-kill"),
+    ("RuntimeError: CUDA out of memory.", "out of memory"), ("Killed", "killed"),
+    ("worker exited on signal 9", "signal 9"), ("kernel: oom-kill:constraint", "oom"),
+    ("CUDA OOM error", "oom"), ("Pod OOMKilled", "oom"), ("process KILLED by watchdog", "killed"),
+    ("OUT OF MEMORY", "out of memory"), ("oom_kill 1", "oom"), ("the OOM-killer ran", "oom"),
 ])
 def test_classify_word_markers_on_a_failed_exit(tail: str, marker: str) -> None:
     c = classify_process_exit(1, output_tail=tail)
@@ -137,18 +139,33 @@ def test_run_sigkilled_child(tmp_path: Path, confirmed: bool) -> None:
     assert manifest["kind"] == "oom_killed" and manifest["source"] == "breadcrumb"
     assert manifest["phase_path"] == "train / step"
     assert not list((tmp_path / "oom_dumps/.breadcrumbs").iterdir())
+    metadata = json.loads(Path(bundle.path, "metadata.json").read_text())
+    assert "about to die" in metadata["output_tail"]["stdout"]  # the output excerpt
+    assert metadata["evidence"]
     (span,) = run_spans(tmp_path)
-    (event,) = span["events"]  # type: ignore[index]
+    events = {e["name"]: e for e in span["events"]}  # type: ignore[index]
+    event = events["memspan.oom"]
     attrs = {a["key"]: next(iter(a["value"].values())) for a in event["attributes"]}
-    assert event["name"] == "memspan.oom"
+    output = {a["key"]: next(iter(a["value"].values()))
+              for a in events["memspan.run.output"]["attributes"]}
+    assert "about to die" in output["memspan.run.output.stdout"]
     assert attrs["memspan.oom.kind"] == "oom_killed"
     assert attrs["memspan.oom.confidence"] == ("confirmed" if confirmed else "likely")
     assert attrs["memspan.oom.dump.path"] == bundle.path
     span_attrs = {a["key"]: next(iter(a["value"].values())) for a in span["attributes"]}  # type: ignore[index]
     assert span_attrs["process.exit.code"] == "-9"
-    assert "OOM kill" in result.stderr or "Out-of-memory kill" in result.stderr
+    assert span_attrs["process.executable.name"] == os.path.basename(sys.executable)
+    assert "process.command_args" not in span_attrs
+    assert span_attrs["memspan.run.service.name"] == "child"
+    assert span_attrs["memspan.run.bundles"] == "1"
+    assert span_attrs["memspan.run.limit.enforced"] is False
+    assert span_attrs["memspan.run.limit_bytes"] == str(8 * GIB)
+    assert span_attrs["memspan.run.cgroup_oom_kills"] == ("1" if confirmed else "0")
+    assert int(span_attrs["memspan.run.peak_bytes"]) > 0  # type: ignore[call-overload]
     if confirmed:
-        assert "(cgroup:oom_kill)" in result.stderr
+        assert "OOM confirmed" in result.stderr and "OOM likely" not in result.stderr
+    else:
+        assert "OOM likely" in result.stderr and "OOM confirmed" not in result.stderr
 
 
 def test_run_passes_the_exit_status_through(tmp_path: Path) -> None:

@@ -183,6 +183,7 @@ def test_breadcrumbs_follow_phases_and_vanish_on_clean_shutdown(
     writer.min_interval_s = 0.0
     with t.tracker.phase("train"), t.tracker.phase("step"):
         pass
+    t.tracker.flush()  # phase ends reach the ring (and the breadcrumb) from the export worker
     lines = [json.loads(line) for line in Path(writer.path).read_text().splitlines()]
     assert lines[0]["type"] == "breadcrumb_header" and lines[0]["pid"] == os.getpid()
     assert [e["path"] for e in lines[1:] if e["type"] == "phase_end"] == ["train / step", "train"]

@@ -24,9 +24,6 @@ KNOWN: set[tuple[str, str]] = {
     ("analysis/thresholds.py", "MEMSPAN_PLATEAU_BYTES"),
     ("report/builder.py", "MEMSPAN_REPORTS_DIR"),
     ("cli/report.py", "MEMSPAN_REPORTS_DIR"),
-    ("cli/run.py", "MEMSPAN_DUMP_DIR"),
-    ("cli/run.py", "MEMSPAN_OUTPUT_DIR"),
-    ("cli/run.py", "MEMSPAN_BREADCRUMBS"),
 }
 
 

@@ -102,6 +102,9 @@ class PhaseCore:
         #: figures (the flight recorder attaches the allocator's OOM observer then: it must be
         #: in place before an OOM, not after the phase's export)
         self.on_first_device_phase: Callable[[], object] | None = None
+        #: called on the caller's thread when a phase has opened; set only when something
+        #: must see open phases at once (breadcrumbs: a SIGKILL gives no second chance)
+        self.on_phase_start: Callable[[PhaseSpan], object] | None = None
         self._key = otel_context.create_key("memspan-phase")
         self._sequence = itertools.count(1)
         self._names: dict[object, str] = {}
@@ -251,6 +254,12 @@ class PhaseCore:
         values[self._key] = phase
         values[_SPAN_KEY] = current
         phase.context_token = otel_context.attach(Context(values))
+        started = self.on_phase_start
+        if started is not None:
+            try:
+                started(phase)
+            except Exception:
+                self.ledger.add(CALLBACK_ERROR, warning="recording a phase start failed")
 
     def _span_parent(self, phase: PhaseSpan, outer: Any, is_root: bool
                      ) -> tuple[SpanContext | None, bool]:

@@ -147,6 +147,8 @@ class Tracker:
         )
         self.phases.oom_handler = self.flight_recorder.on_phase_error
         self.phases.on_first_device_phase = self.flight_recorder.prepare_for_device
+        if self.flight_recorder.breadcrumbs is not None:
+            self.phases.on_phase_start = self.flight_recorder.phase_started
         self.exporter.listeners.append(self.flight_recorder)
         self.leak_watch = LeakWatcher(
             self.ledger,

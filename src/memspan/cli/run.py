@@ -1,41 +1,63 @@
 """``memspan run [options] -- CMD ...``: run a child under memspan and explain how it ended.
 
+Before the child starts, the directories it will write into are checked (``--dump-dir`` /
+``MEMSPAN_DUMP_DIR``, and ``--output-dir`` / ``MEMSPAN_OUTPUT_DIR`` when the embedded output
+is used): a path that is a file or cannot be created is an error (exit 2, child not
+started), and so is a ``--memory-limit`` this machine cannot enforce.
+
 The child runs with the same auto-instrumentation mechanism as ``opentelemetry-instrument``
 (the OTel ``sitecustomize`` directory first on ``PYTHONPATH``), the embedded default output
 when the user configured no exporter, and breadcrumbs on. Its stdout/stderr stream through
-unchanged while a bounded tail is kept; the cgroup's counters are read before and after. On
-exit the death is classified (SIGKILL, cgroup OOM kills, output markers, peak vs limit),
-leftover breadcrumbs become bundles, one ``memspan.run`` span records it all, a one-paragraph
-summary is printed, and memspan exits with the child's status (128 + N for signal N, as a
-shell reports it).
+unchanged, until whoever holds the pipes closes them, while a bounded tail is kept. Signals
+reach the child once (:mod:`memspan.launcher.signals`). On exit the death is classified,
+breadcrumbs with evidence of an abnormal death become bundles, one ``memspan.run`` span
+records it all, a one-paragraph summary is printed, and memspan exits with the child's
+status (128 + N for signal N, as a shell reports it).
+
+Invariant: once the child has started, memspan's exit status is the child's. A failure of
+the post-mortem (bundles, span, summary) is a warning on stderr, never another status.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Sequence
-from typing import IO, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from memspan import environment_variables as ev
 from memspan import names
-from memspan.bootstrap import install_providers, shutdown_providers, user_configured_exporters
+from memspan.bootstrap import (
+    EXIT_DEADLINE_S,
+    install_providers,
+    shutdown_providers,
+    user_configured_exporters,
+)
 from memspan.config import ConfigError, MemspanConfig
-from memspan.launcher.breadcrumb_bundles import bundles_from_breadcrumbs
+from memspan.launcher.breadcrumb_bundles import BreadcrumbOutcome, collect_breadcrumbs
+from memspan.launcher.command_args import child_service_name, executable_name, redact_args
 from memspan.launcher.exit_classify import ProcessExitClassification, classify_process_exit
+from memspan.launcher.memory_limit import LimitGroup, MemoryLimitError, create_limit_group
+from memspan.launcher.output import Tail, start_pump
+from memspan.launcher.signals import SignalForwarder, terminal_foreground
 from memspan.launcher.sizes import format_mib, parse_memory_size
+from memspan.oom.breadcrumbs import DIRECTORY
+from memspan.safe_files import UnsafePathError, ensure_directory
 from memspan.sources.cgroup import CgroupMemorySource, CgroupReading
 from memspan.version import __version__
 
 TAIL_BYTES = 64 * 1024
+#: Bytes of each stream's tail put on the ``memspan.run`` span's output event.
+SPAN_EXCERPT_BYTES = 4 * 1024
 
 
 def add_parser(subparsers: Any) -> None:
@@ -43,11 +65,21 @@ def add_parser(subparsers: Any) -> None:
         "run", help="run a command under memspan and classify how it exited",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--dump-dir", help="bundle directory (default: MEMSPAN_DUMP_DIR or oom_dumps)")
+    # A value such as "-1G" is a (bad) size, not an option: let the size parser name it.
+    parser._negative_number_matcher = re.compile(r"^-\d")
+    parser.add_argument("--dump-dir", help=f"bundle directory (default: {ev.MEMSPAN_DUMP_DIR} "
+                        "or oom_dumps)")
     parser.add_argument("--output-dir", help="embedded default output (default: memspan-out)")
-    parser.add_argument("--memory-limit", type=_memory_size,
-                        help="the child's memory limit (8g, 512Mi, ...); default: the cgroup's")
+    parser.add_argument("--memory-limit", type=_positive_size("--memory-limit"),
+                        help="enforce a memory limit on the child (8g, 512Mi, ...) with a cgroup "
+                             "v2 group; refused (exit 2) where the machine does not allow it")
+    parser.add_argument("--compare-limit", type=_positive_size("--compare-limit"),
+                        help="a limit to compare the peak with in the summary (not enforced); "
+                             "default: the cgroup's limit")
     parser.add_argument("--service-name", default=None, help="service.name of the child")
+    parser.add_argument("--export-args", action="store_true",
+                        help="export the command's arguments as process.command_args "
+                             "(credential-looking values redacted); default: executable only")
     parser.add_argument("--no-breadcrumbs", action="store_true",
                         help="do not write SIGKILL breadcrumbs")
     parser.add_argument("--cgroup-proc-root", default="/proc", help=argparse.SUPPRESS)
@@ -56,11 +88,17 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(handler=run_command)
 
 
-def _memory_size(text: str) -> int:
-    try:
-        return parse_memory_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _positive_size(option: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = parse_memory_size(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{option}: {error}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(
+                f"{option} must be a positive size (e.g. 8g, 512Mi), got {text!r}")
+        return value
+    return parse
 
 
 def child_environment(config: MemspanConfig, dump_dir: str, output_dir: str,
@@ -77,42 +115,80 @@ def child_environment(config: MemspanConfig, dump_dir: str, output_dir: str,
         env["OTEL_TRACES_EXPORTER"] = "memspan_file"
         env["OTEL_METRICS_EXPORTER"] = "memspan_file"
         env.setdefault("OTEL_LOGS_EXPORTER", "none")
-        env["MEMSPAN_OUTPUT_DIR"] = output_dir
+        env[ev.MEMSPAN_OUTPUT_DIR] = output_dir
     detectors = [d for d in env.get("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "otel").split(",") if d]
     if "memspan" not in detectors:
         detectors.append("memspan")
     env["OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"] = ",".join(detectors)
-    env["MEMSPAN_DUMP_DIR"] = dump_dir
+    env[ev.MEMSPAN_DUMP_DIR] = dump_dir
+    # the launcher says where telemetry goes; the child's own line would be read back as
+    # its output (and "OOM bundles" in it as a text marker)
+    env.setdefault(ev.MEMSPAN_QUIET, "true")
+    # the child's providers are the SDK's: bound attribute values as memspan's own are
+    env.setdefault(ev.OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "16384")
     if breadcrumbs:
-        env.setdefault("MEMSPAN_BREADCRUMBS", "true")
+        env.setdefault(ev.MEMSPAN_BREADCRUMBS, "true")
     if service_name:
         env["OTEL_SERVICE_NAME"] = service_name
     return env
 
 
-class _Tail:
-    """The last ``limit`` bytes written through one pipe."""
+@dataclass
+class RunState:
+    """What the post-mortem gathers; the summary and the span are built from it."""
 
-    def __init__(self, limit: int) -> None:
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._limit = limit
+    command: list[str]
+    service: str
+    export_args: bool
+    dump_dir: str
+    started: float
+    pid: int = 0
+    exit_code: int = 0
+    peak_bytes: int | None = None
+    limit_enforced: bool = False
+    classification: ProcessExitClassification | None = None
+    outcome: BreadcrumbOutcome = field(default_factory=BreadcrumbOutcome)
+    cgroup_oom_kills: int | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    refused: list[str] = field(default_factory=list)
 
-    def add(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        while self._size - len(self._chunks[0]) >= self._limit:
-            self._size -= len(self._chunks.popleft())
 
-    def text(self) -> str:
-        return b"".join(self._chunks)[-self._limit:].decode("utf-8", "replace")
+def _warn(message: str) -> None:
+    try:
+        print(f"memspan run: warning: {message}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass  # stderr is gone: the exit status still is the child's
 
 
-def _pump(source: IO[bytes], sink: IO[bytes], tail: _Tail) -> None:
-    for chunk in iter(lambda: source.read1(65536) if hasattr(source, "read1") else source.read(65536), b""):
-        sink.write(chunk)
-        sink.flush()
-        tail.add(chunk)
+def _fail(message: str) -> int:
+    print(f"memspan run: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_directories(dump_dir: str, output_dir: str | None, breadcrumbs: bool,
+                       refused: list[str]) -> str | None:
+    """Create/check the directories before the child starts; an error message, or None."""
+    for label, path in ((f"--dump-dir/{ev.MEMSPAN_DUMP_DIR}", dump_dir),
+                        (f"--output-dir/{ev.MEMSPAN_OUTPUT_DIR}", output_dir)):
+        if path is None:
+            continue
+        try:
+            ensure_directory(path, own_name=False)
+        except OSError as error:
+            return (f"{label} {path!r} cannot be used: {error.strerror or error}; "
+                    "the command was not started")
+    if breadcrumbs:
+        crumbs = os.path.join(dump_dir, DIRECTORY)
+        try:
+            ensure_directory(crumbs, own_name=True)
+        except UnsafePathError as error:
+            refused.append(f"{crumbs} {error.strerror}")
+            print(f"memspan run: warning: {crumbs} {error.strerror}; the child's breadcrumbs "
+                  "are off for this run", file=sys.stderr)
+        except OSError as error:
+            return f"{crumbs!r} cannot be created: {error.strerror}; the command was not started"
+    return None
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -120,104 +196,200 @@ def run_command(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        print("memspan run: no command given; usage: memspan run [options] -- CMD ...",
-              file=sys.stderr)
-        return 2
+        return _fail("no command given; usage: memspan run [options] -- CMD ...")
     try:
         config = MemspanConfig.from_env()
     except ConfigError as error:
-        print(f"memspan run: {error}", file=sys.stderr)
-        return 2
+        return _fail(f"{error}; the command was not started")
     dump_dir = os.path.abspath(args.dump_dir or config.dump_dir)
     output_dir = os.path.abspath(args.output_dir or config.output_dir)
-    config = config.replace(dump_dir=dump_dir, output_dir=output_dir)
-    cgroup = CgroupMemorySource(args.cgroup_proc_root, args.cgroup_sys_root)
-    before = cgroup.read()
-    env = child_environment(config, dump_dir, output_dir, not args.no_breadcrumbs,
-                            args.service_name)
-    started = time.time()
     try:
-        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError as error:
-        print(f"memspan run: cannot start {command[0]!r}: {error}", file=sys.stderr)
-        return 127
-    tails = (_Tail(TAIL_BYTES), _Tail(TAIL_BYTES))
-    assert child.stdout is not None and child.stderr is not None
-    pumps = [threading.Thread(target=_pump, args=(child.stdout, sys.stdout.buffer, tails[0]),
-                              daemon=True),
-             threading.Thread(target=_pump, args=(child.stderr, sys.stderr.buffer, tails[1]),
-                              daemon=True)]
-    for pump in pumps:
-        pump.start()
-    exit_code, peak = _wait(child)
-    for pump in pumps:
-        pump.join(timeout=5)
-    after = cgroup.read()
-    limit = args.memory_limit if args.memory_limit is not None else (
-        after.limit_bytes if after is not None else None)
-    classification = classify_process_exit(
-        exit_code,
-        oom_kills_before=before.oom_kills if before else None,
-        oom_kills_after=after.oom_kills if after else None,
-        output_tail=tails[0].text() + "\n" + tails[1].text(),
-        peak_bytes=peak,
-        limit_bytes=limit,
-    )
-    bundles = bundles_from_breadcrumbs(dump_dir, classification, max_dumps=config.max_dumps,
-                                       max_total_mb=config.max_total_mb)
-    _record_span(config, args.service_name, command, child.pid, started, classification,
-                 bundles, before, after)
-    print(summary(command, classification, bundles), file=sys.stderr)
-    return exit_code if exit_code >= 0 else 128 - exit_code
-
-
-def _wait(child: subprocess.Popen[bytes]) -> tuple[int, int | None]:
-    """Wait for the child (forwarding SIGINT/SIGTERM); its exit code and peak RSS."""
-    forwarded = {}
-
-    def forward(signum: int, _frame: Any) -> None:
+        config = config.replace(dump_dir=dump_dir, output_dir=output_dir)
+    except ConfigError as error:
+        return _fail(f"{error}; the command was not started")
+    refused: list[str] = []
+    embedded = not user_configured_exporters(os.environ)
+    breadcrumbs = not args.no_breadcrumbs
+    problem = _check_directories(dump_dir, output_dir if embedded else None, breadcrumbs, refused)
+    if problem is not None:
+        return _fail(problem)
+    if refused:
+        breadcrumbs = False
+    group: LimitGroup | None = None
+    if args.memory_limit is not None:
         try:
-            child.send_signal(signum)
-        except ProcessLookupError:
-            pass
-
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            forwarded[signum] = signal.signal(signum, forward)
+            group = create_limit_group(args.memory_limit, proc_root=args.cgroup_proc_root,
+                                       sys_root=args.cgroup_sys_root)
+        except MemoryLimitError as error:
+            return _fail(f"--memory-limit cannot be enforced on this machine: {error}. "
+                         "Use --compare-limit SIZE to only compare the peak with a limit; "
+                         "the command was not started")
+    env = child_environment(config, dump_dir, output_dir, breadcrumbs, args.service_name)
+    if not breadcrumbs:
+        env[ev.MEMSPAN_BREADCRUMBS] = "false"
+    service = child_service_name(command, env)
+    if not env.get("OTEL_SERVICE_NAME"):
+        env["OTEL_SERVICE_NAME"] = service  # the child's telemetry and the run span agree
+    state = RunState(command, service, bool(args.export_args), dump_dir, time.time(), refused=refused,
+                     limit_enforced=group is not None)
     try:
-        while True:
-            try:
-                _, status, usage = os.wait4(child.pid, 0)
-                break
-            except InterruptedError:
-                continue
+        return _run(args, config, env, group, state)
     finally:
-        for signum, handler in forwarded.items():
-            signal.signal(signum, handler)
+        if group is not None:
+            warning = group.remove()
+            if warning:
+                _warn(warning)
+
+
+def _run(args: argparse.Namespace, config: MemspanConfig, env: dict[str, str],
+         group: LimitGroup | None, state: RunState) -> int:
+    cgroup = CgroupMemorySource(args.cgroup_proc_root, args.cgroup_sys_root)
+    before = cgroup.read() if group is None else None
+    own_group = not terminal_foreground()
+    options: dict[str, Any] = {"process_group": 0} if own_group else {}
+    try:
+        child = subprocess.Popen(state.command, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE,
+                                 preexec_fn=group.join if group is not None else None,
+                                 **options)
+    except OSError as error:
+        print(f"memspan run: cannot start {state.command[0]!r}: {error.strerror}",
+              file=sys.stderr)
+        return 126 if isinstance(error, PermissionError) else 127
+    except subprocess.SubprocessError as error:
+        return _fail(f"cannot move the child into its memory-limited cgroup: {error}")
+    state.pid = child.pid
+    forwarder = SignalForwarder(child.pid, own_group=own_group)
+    forwarder.install()
+    try:
+        tails = (Tail(TAIL_BYTES), Tail(TAIL_BYTES))
+        assert child.stdout is not None and child.stderr is not None
+        pumps = [start_pump(child.stdout, sys.stdout.buffer, tails[0]),
+                 start_pump(child.stderr, sys.stderr.buffer, tails[1])]
+        state.exit_code, state.peak_bytes = _wait(child, forwarder)
+        forwarder.child_exited = True
+        # like `cmd | tee`: until every writer closed the pipe, still forwarding signals
+        forwarder.wait_for(lambda: not any(pump.is_alive() for pump in pumps), poll_s=0.1)
+        for pump in pumps:
+            pump.join()
+        state.stdout_tail, state.stderr_tail = tails[0].text(), tails[1].text()
+        try:
+            _post_mortem(args, config, cgroup, before, group, state)
+        except Exception as error:  # never another exit status than the child's
+            _warn(f"the post-mortem failed ({type(error).__name__}: {error}); the exit "
+                  "status is the child's")
+    finally:
+        forwarder.restore()
+    code = state.exit_code
+    return code if code >= 0 else 128 - code
+
+
+def _wait(child: subprocess.Popen[bytes],
+          forwarder: SignalForwarder) -> tuple[int, int | None]:
+    """Wait for the child, forwarding signals; its exit code and peak RSS (``ru_maxrss``)."""
+    reaped: list[tuple[int, Any]] = []
+
+    def done() -> bool:
+        if not reaped:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                reaped.append((status, usage))
+        return bool(reaped)
+
+    forwarder.wait_for(done)
+    while not reaped:  # no sigtimedwait here: a plain blocking wait, handlers forward
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+            reaped.append((status, usage))
+        except InterruptedError:
+            continue
+    status, usage = reaped[0]
     code = os.waitstatus_to_exitcode(status)
     child.returncode = code
     peak = int(usage.ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
     return code, peak or None
 
 
-def _record_span(config: MemspanConfig, service_name: str | None, command: Sequence[str],
-                 pid: int, started: float, c: ProcessExitClassification, bundles: list[str],
-                 before: CgroupReading | None, after: CgroupReading | None) -> None:
-    providers = install_providers(config, service_name or "memspan-run")
+def _post_mortem(args: argparse.Namespace, config: MemspanConfig, cgroup: CgroupMemorySource,
+                 before: CgroupReading | None, group: LimitGroup | None,
+                 state: RunState) -> None:
+    if group is not None:
+        kills_before: int | None = 0
+        kills_after = group.oom_kills()
+        limit: int | None = group.limit_bytes
+    else:
+        after = cgroup.read()
+        kills_before = before.oom_kills if before is not None else None
+        kills_after = after.oom_kills if after is not None else None
+        limit = args.compare_limit if args.compare_limit is not None else (
+            after.limit_bytes if after is not None else None)
+    if kills_before is not None and kills_after is not None:
+        state.cgroup_oom_kills = kills_after - kills_before
+    rose = bool(state.cgroup_oom_kills and state.cgroup_oom_kills > 0)
+    output_tail = state.stdout_tail + "\n" + state.stderr_tail
+
+    def classify() -> ProcessExitClassification:
+        return classify_process_exit(state.exit_code, oom_kills_before=kills_before,
+                                     oom_kills_after=kills_after, output_tail=output_tail,
+                                     peak_bytes=state.peak_bytes, limit_bytes=limit)
+
+    state.classification = classify()
+    state.outcome = collect_breadcrumbs(
+        state.dump_dir, state.classification, run_started=state.started, child_pid=state.pid,
+        cgroup_oom_rose=rose, output_excerpt={"stdout": state.stdout_tail,
+                                              "stderr": state.stderr_tail},
+        max_dumps=config.max_dumps, max_total_mb=config.max_total_mb)
+    crumb_peak = state.outcome.peak_rss_bytes
+    if crumb_peak is not None and (state.peak_bytes is None or crumb_peak > state.peak_bytes):
+        state.peak_bytes = crumb_peak  # a peak is never shown below an RSS seen in the run
+        state.classification = classify()
+    for message in state.outcome.refused:
+        if message not in state.refused:  # the preflight already warned about this one
+            state.refused.append(message)
+            _warn(f"refused {message}")
+    for message in state.outcome.warnings:
+        _warn(message)
+    try:
+        _record_span(config, state)
+    except Exception as error:
+        _warn(f"the memspan.run span was not recorded ({type(error).__name__}: {error})")
+    print(summary(state), file=sys.stderr)
+
+
+def span_attributes(state: RunState) -> dict[str, Any]:
+    """The ``memspan.run`` span's attributes (documented in docs/telemetry.md)."""
+    c = state.classification
+    attributes: dict[str, Any] = {
+        names.PROCESS_EXECUTABLE_NAME: executable_name(state.command),
+        names.PROCESS_PID: state.pid,
+        names.PROCESS_EXIT_CODE: state.exit_code,
+        names.RUN_SERVICE_NAME: state.service,
+        names.RUN_LIMIT_ENFORCED: state.limit_enforced,
+        names.RUN_BUNDLES: len(state.outcome.bundles),
+        names.RUN_STALE_BREADCRUMBS: len(state.outcome.stale),
+        names.RUN_DISCARDED_BREADCRUMBS: state.outcome.discarded,
+        names.RUN_REFUSED_PATHS: len(state.refused),
+    }
+    if state.export_args:
+        attributes[names.PROCESS_COMMAND_ARGS] = redact_args(state.command)
+    if state.peak_bytes is not None:
+        attributes[names.RUN_PEAK_BYTES] = state.peak_bytes
+    if c is not None and c.limit_bytes is not None:
+        attributes[names.RUN_LIMIT_BYTES] = c.limit_bytes
+    if state.cgroup_oom_kills is not None:
+        attributes[names.RUN_CGROUP_OOM_KILLS] = state.cgroup_oom_kills
+    return attributes
+
+
+def _record_span(config: MemspanConfig, state: RunState) -> None:
+    c = state.classification
+    assert c is not None
+    providers = install_providers(config, state.service)
     tracer = trace.get_tracer(names.INSTRUMENTATION_NAME, __version__,
                               schema_url=names.SCHEMA_URL)
-    span = tracer.start_span("memspan.run", start_time=int(started * 1e9), attributes={
-        "process.command_args": list(command),
-        "process.pid": pid,
-        "process.exit.code": c.exit_code,
-    })
-    if c.peak_bytes is not None:
-        span.set_attribute("memspan.run.peak_bytes", c.peak_bytes)
-    if c.limit_bytes is not None:
-        span.set_attribute("memspan.run.limit_bytes", c.limit_bytes)
-    if before is not None and after is not None and before.oom_kills is not None \
-            and after.oom_kills is not None:
-        span.set_attribute("memspan.run.cgroup_oom_kills", after.oom_kills - before.oom_kills)
+    span = tracer.start_span(names.RUN_SPAN, start_time=int(state.started * 1e9),
+                             attributes=span_attributes(state))
+    bundles = state.outcome.bundles
     if c.is_oom:
         event: dict[str, Any] = {names.OOM_KIND: c.kind or "oom_killed",
                                  names.OOM_REASON: c.reason,
@@ -229,11 +401,15 @@ def _record_span(config: MemspanConfig, service_name: str | None, command: Seque
             event[names.FILE_PATH] = bundles[-1]
             span.set_attribute(names.OOM_DUMP_PATH, bundles[-1])
         span.add_event(names.OOM_EVENT, event)
-    if c.exit_code != 0:
+    if state.exit_code != 0:
+        span.add_event(names.RUN_OUTPUT_EVENT, {
+            names.RUN_OUTPUT_STDOUT: _excerpt(state.stdout_tail),
+            names.RUN_OUTPUT_STDERR: _excerpt(state.stderr_tail),
+        })
         span.set_status(Status(StatusCode.ERROR, c.reason))
     span.end()
     if providers.owned:
-        shutdown_providers(providers.owned, 10.0)
+        shutdown_providers(providers.owned, EXIT_DEADLINE_S)
     else:
         provider = trace.get_tracer_provider()
         flush = getattr(provider, "force_flush", None)
@@ -241,22 +417,65 @@ def _record_span(config: MemspanConfig, service_name: str | None, command: Seque
             flush()
 
 
-def summary(command: Sequence[str], c: ProcessExitClassification, bundles: list[str]) -> str:
-    shown = " ".join(command)
-    if c.exit_code == 0:
-        text = f"memspan: `{shown}` exited normally."
-    elif c.exit_code < 0:
-        name = signal.Signals(-c.exit_code).name if -c.exit_code in signal.valid_signals() else "?"
-        text = f"memspan: `{shown}` was killed by {name} (exit {c.exit_code})."
+def _excerpt(text: str) -> str:
+    """The last ``SPAN_EXCERPT_BYTES`` of ``text`` (UTF-8), starting at a line if one fits."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= SPAN_EXCERPT_BYTES:
+        return text
+    cut = data[-SPAN_EXCERPT_BYTES:].decode("utf-8", "ignore")
+    newline = cut.find("\n")
+    return cut[newline + 1:] if 0 <= newline < len(cut) - 1 else cut
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters shown as escapes (never sent raw to a terminal)."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def summary(state: RunState) -> str:
+    """The one paragraph printed on stderr after the run."""
+    c = state.classification
+    shown = _printable(shlex.join(redact_args(state.command)))
+    code = state.exit_code
+    if code == 0:
+        text = f"memspan: {shown} exited normally."
+    elif code < 0:
+        text = f"memspan: {shown} was killed by {_signal_name(-code)} (exit {code})."
     else:
-        text = f"memspan: `{shown}` exited with status {c.exit_code}."
-    if c.is_oom:
-        text += f" Out-of-memory kill {c.confidence} ({c.reason})."
-    if c.peak_bytes is not None:
-        text += f" Peak RSS {format_mib(c.peak_bytes)}"
-        text += f" of a {format_mib(c.limit_bytes)} limit." if c.limit_bytes else "."
-    if c.suggestion:
+        text = f"memspan: {shown} exited with status {code}."
+    if c is not None and c.is_oom:
+        if c.confidence == "confirmed":
+            text += " OOM confirmed: the cgroup's oom_kill counter rose during the run."
+        elif c.confidence == "likely":
+            text += (" OOM likely: killed by SIGKILL, the usual signal of the OOM killer "
+                     "(no cgroup evidence).")
+        else:
+            text += f" OOM possible ({c.reason}; no cgroup evidence)."
+    if state.peak_bytes is not None:
+        text += f" Peak RSS {format_mib(state.peak_bytes)}"
+        if c is not None and c.limit_bytes:
+            kind = "an enforced" if state.limit_enforced else "a"
+            text += f" of {kind} {format_mib(c.limit_bytes)} limit."
+        else:
+            text += "."
+    if c is not None and c.suggestion:
         text += f" Suggestion: {c.suggestion}."
+    bundles = state.outcome.bundles
     if bundles:
         text += f" Evidence: {bundles[-1]} (from the process's breadcrumbs)."
+    if state.outcome.discarded:
+        text += (f" {state.outcome.discarded} breadcrumb file(s) of processes that ended "
+                 "without evidence of an abnormal death were discarded.")
+    if state.outcome.stale:
+        text += (f" {len(state.outcome.stale)} stale breadcrumb file(s) from earlier runs in "
+                 f"{os.path.join(state.dump_dir, DIRECTORY)} (not this run's evidence; "
+                 "delete them when done).")
     return text
+

@@ -7,9 +7,11 @@ Rules:
   ``oom_killed`` exit, *confirmed* when the cgroup ``oom_kill`` counter rose during the run,
   *likely* otherwise (the kernel OOM killer is the usual sender of an unexpected SIGKILL).
 - Without SIGKILL, a rise of the counter is a *possible* OOM kill (of a process in the same
-  cgroup), and so are word-bounded markers in the output tail (``out of memory``,
-  ``Killed``, ``signal 9``, ``oom-kill``) on a failed exit. ``Zoom`` or ``bedroom`` never
-  match; exit 139 (SIGSEGV) is a crash, not an OOM.
+  cgroup), and so are the seed's four text markers in the output tail of a failed exit:
+  ``out of memory``, ``oom``, ``killed`` and ``signal 9``, case-insensitive and matched as
+  whole words (``oom-kill``, ``OOMKilled``, ``oom_kill``, ``OOM-killer`` are forms of
+  ``oom``; ``CUDA OOM error`` matches, ``Zoom``, ``bedroom`` and ``skilled`` never do).
+  Exit 139 (SIGSEGV) is a crash, not an OOM.
 - Suggestion: when the peak reached at least 95 % of the limit, raise the limit to 150 % of
   it; when the peak is unknown but a limit is known, the same figure as something to consider.
 """
@@ -23,10 +25,10 @@ from memspan.launcher.sizes import format_mib
 
 SIGKILL_CODES = frozenset({-9, 137})
 _MARKERS = (
-    ("out of memory", re.compile(r"\bout of memory\b", re.IGNORECASE)),
-    ("Killed", re.compile(r"\bKilled\b")),
-    ("signal 9", re.compile(r"\bsignal 9\b", re.IGNORECASE)),
-    ("oom-kill", re.compile(r"\boom[-_]kill", re.IGNORECASE)),
+    ("out of memory", re.compile(r"\bout[\s_-]+of[\s_-]+memory\b", re.IGNORECASE)),
+    ("oom", re.compile(r"\boom(?:[\s_-]?kill(?:ed|er|s)?)?\b", re.IGNORECASE)),
+    ("killed", re.compile(r"\bkilled\b", re.IGNORECASE)),
+    ("signal 9", re.compile(r"\bsignal:?\s*9\b", re.IGNORECASE)),
 )
 NEAR_LIMIT = 0.95
 HEADROOM = 1.5

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from memspan.environment_variables import bundle_allowlist
+from memspan.safe_files import ensure_directory
 
 SCHEMA_VERSION = 1
 #: the most bytes of ``events.jsonl`` one bundle holds (the events after it are cut, counted
@@ -119,7 +120,7 @@ def write_bundle(dump_dir: str, name: str, content: BundleContent, *,
                  max_events_file_bytes: int = MAX_EVENTS_FILE_BYTES,
                  time_budget_s: float = 10.0) -> str:
     """Write the bundle atomically and return its absolute path (raises on failure)."""
-    os.makedirs(dump_dir, mode=0o700, exist_ok=True)
+    ensure_directory(dump_dir, own_name=False)  # created 0700, parents included
     final = os.path.abspath(os.path.join(dump_dir, name))
     temporary = os.path.join(os.path.dirname(final), f".tmp-{name}-{secrets.token_hex(4)}")
     os.mkdir(temporary, 0o700)

@@ -162,6 +162,27 @@ class FlightRecorderService:
         self._closed = False
 
     # -- ring feeding ------------------------------------------------------------------------
+    def phase_started(self, phase: PhaseSpan) -> None:
+        """A ``phase_start`` ring event, written to the breadcrumb at once (caller's thread).
+
+        Wired only when breadcrumbs are on (``memspan run``): a SIGKILL leaves no chance to
+        write later, so the open phase stack must be on disk before the phase's work runs.
+        This costs one breadcrumb write per phase start (see docs/performance.md); without
+        breadcrumbs, open phases reach a dump through the phase stack instead.
+        """
+        event: dict[str, Any] = {"type": EventType.PHASE_START.value, "path": phase.path_text,
+                                 "scope_id": phase.scope_id}
+        entry = phase.entry
+        if entry is not None:
+            if entry.rss is not None:
+                event["rss"] = entry.rss
+            if entry.allocator is not None:
+                event["device"] = entry.allocator.device
+                event["allocated"] = entry.allocator.allocated
+        self.recorder.ring.record_owned(event)
+        if self.breadcrumbs is not None:
+            self.breadcrumbs.flush()
+
     def phase_ended(self, phase: PhaseSpan) -> None:
         """One ``phase_end`` ring event per finished phase, with its start and end figures
         and times (export worker). Open phases are not in the ring: a dump and a breadcrumb

@@ -23,6 +23,7 @@ from memspan.oom.retention import list_bundles
 from memspan.report.html import as_json, render
 from memspan.report.model import ReportModel
 from memspan.report.reader import read_metrics, read_traces
+from memspan.safe_files import replace_file
 
 DEFAULT_SUFFIX = "memory_audit"
 
@@ -98,6 +99,8 @@ def build_report(
     title = f"memspan memory audit: {model.service or 'unknown service'}"
     with open(html_path, "w", encoding="utf-8") as handle:
         handle.write(render(model, verdicts, worst, stamp.isoformat(), title))
-    with open(json_path, "w", encoding="utf-8") as handle:
-        json.dump(as_json(model, verdicts, worst), handle, indent=2, default=str)
+    # Exclusive temporary + rename: a symlink planted at the sidecar's name is replaced,
+    # never followed (memspan.safe_files).
+    replace_file(json_path, json.dumps(as_json(model, verdicts, worst), indent=2,
+                                       default=str).encode("utf-8"), mode=0o644)
     return ReportResult(os.path.abspath(html_path), os.path.abspath(json_path), worst, verdicts)
