@@ -58,3 +58,7 @@ MEMSPAN_REPORTS_DIR = "MEMSPAN_REPORTS_DIR"
 MEMSPAN_JOB_ID = "MEMSPAN_JOB_ID"
 """Job id for the ``memspan.job.id`` resource attribute (else TORCHELASTIC_RUN_ID or
 SLURM_JOB_ID)."""
+
+RAMFLOW_REPORTS_DIR = "RAMFLOW_REPORTS_DIR"
+"""Alias of ``MEMSPAN_REPORTS_DIR`` for users coming from RAM-FLOW; used only when
+``MEMSPAN_REPORTS_DIR`` is unset."""

@@ -88,3 +88,6 @@ PHASE_DURATION: Final = "memspan.phase.duration"
 PHASE_MEMORY_PEAK: Final = "memspan.phase.memory.peak"
 OOM_COUNT: Final = "memspan.oom.count"
 RECORDER_DROPPED: Final = "memspan.recorder.dropped"
+
+# -- the launcher's span (read by the report) ---------------------------------------------
+RUN_SPAN: Final = "memspan.run"

@@ -55,7 +55,8 @@ class LeakWatcher:
                 self._tracker.ledger.add(LEAK_WATCH_PATHS)
                 return
             series = self.series[path] = RunSeries()
-        series.add(start, int(end))
+        peak = figures.primary_peak
+        series.add(start, int(end), peak if isinstance(peak, int) else None)
         if series.n < self.thresholds.min_runs or path in self.flagged:
             return
         slope, _ = series.fit()
