@@ -20,13 +20,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from memspan import environment_variables as ev
 from memspan.analysis.thresholds import LeakThresholds
-from memspan.analysis.verdicts import Outcome, PageBadge, Verdict, page_badge, verdict_for
+from memspan.analysis.verdicts import (
+    Outcome,
+    PageBadge,
+    Verdict,
+    human_bytes,
+    page_badge,
+    verdict_for,
+)
 from memspan.export.embedded import METRICS_FILE, TRACES_FILE
 from memspan.report.bundles import attach_bundles
 from memspan.report.html import PageMeta, as_json, render
@@ -187,21 +195,32 @@ def service_of(model: ReportModel) -> str:
 
 
 def outcome_of(model: ReportModel) -> Outcome | None:
+    """How the session's run ended: from ``memspan run``'s span, else from OOM records."""
     run = model.run
     if run is not None:
         signal_name = None
         if run.exit_code is not None and run.exit_code < 0:
-            import signal
-
             try:
                 signal_name = signal.Signals(-run.exit_code).name
             except ValueError:
                 signal_name = f"SIGNAL {-run.exit_code}"
-        reason = run.status_message or (run.oom.reason if run.oom else None)
-        if signal_name and not reason:
-            reason = f"the child was killed by {signal_name}"
-        return Outcome(run.exit_code, signal_name, run.oom is not None or bool(model.ooms),
-                       run.oom_confidence, reason)
+        if signal_name:
+            what = f"the child was killed by {signal_name} (exit {run.exit_code})"
+        elif run.exit_code:
+            what = f"the child exited with status {run.exit_code}"
+        else:
+            what = "the child exited normally"
+        oom = run.oom is not None
+        if oom:
+            what += f"; out-of-memory kill {run.oom_confidence or 'possible'}"
+            detail = run.oom.reason if run.oom is not None else ""
+            what += f" ({detail})" if detail else ""
+        if run.peak_bytes is not None:
+            what += f"; peak RSS {human_bytes(run.peak_bytes)}"
+            if run.limit_bytes:
+                what += f" of a {human_bytes(run.limit_bytes)} limit"
+        return Outcome(run.exit_code, signal_name, oom or bool(model.ooms),
+                       run.oom_confidence, what)
     if model.ooms:
         count = len(model.ooms)
         return Outcome(None, None, True, "recorded",

@@ -161,6 +161,8 @@ def memory_svg(model: ReportModel) -> str:
 def steps_svg(model: ReportModel) -> str:
     """The memory figure at the end of each phase, by phase index (order of phase start)."""
     points = model.steps.sorted_points()
+    if model.steps_first is not None:
+        points.insert(0, model.steps_first)
     if len(points) < 2:
         return '<p class="muted" id="steps-empty">Fewer than two phases with memory figures.</p>'
     values = [v for _, v in points]
@@ -180,10 +182,13 @@ def steps_svg(model: ReportModel) -> str:
     step = max(1, int(nice_step(count - 1, 10)))
     for i in range(0, count, step):
         x = _x(i, 0, count - 1)
+        offset = 0 if model.steps_first is not None else 1
+        label = "start" if i + offset == 0 else f"#{i + offset}"
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{axis_y}" y2="{axis_y + 4}" '
                      f'stroke="#999"/><text class="tick" x="{x:.1f}" y="{axis_y + 16}" '
-                     f'text-anchor="middle">#{i + 1}</text>')
+                     f'text-anchor="middle">{label}</text>')
     parts.append("</svg>")
-    note = (f'<div class="muted">{count} phases in order of start; lowest '
+    note = (f'<div class="muted">The figure at the end of each phase (#n), in order of start, '
+            f'after the figure at the start of the first; lowest '
             f'{escape(human_bytes(low))}, highest {escape(human_bytes(max(values)))}.</div>')
     return "".join(parts) + note

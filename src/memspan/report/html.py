@@ -32,12 +32,13 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 letter-spacing:.5px;margin:12px 0 4px;font-size:18px}
 .sentence{font-size:14px;margin:4px 0 12px}
 table{border-collapse:collapse;font-size:13px;width:100%}
-th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top}
+th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top;
+white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
 td.text,th.text{text-align:left}
 td.v-leaking{color:#c62828;font-weight:700}td.v-plateau{color:#ef6c00;font-weight:700}
 td.v-leak-free{color:#2e7d32}td.v-insufficient{color:#616161}
-td.evidence{text-align:left;font-size:12px;color:#444;max-width:520px}
+td.evidence{white-space:normal;text-align:left;font-size:12px;color:#444;max-width:520px}
 dl.meta{display:grid;grid-template-columns:max-content auto;gap:2px 14px;font-size:13px;margin:0}
 dl.meta dt{color:#666}dl.meta dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
 svg text{font-size:11px;fill:#333}
@@ -105,7 +106,11 @@ def _metadata(model: ReportModel, meta: PageMeta, thresholds: LeakThresholds) ->
             rows.append(("peak RSS of the child", human_bytes(run.peak_bytes)))
         if run.limit_bytes is not None:
             rows.append(("memory limit", human_bytes(run.limit_bytes)))
-    rows.append(("phase spans read", f"{model.spans_read}" + (f"; {meta.skipped}" if meta.skipped else "")))
+    read = f"{model.spans_read}" + (f"; {meta.skipped}" if meta.skipped else "")
+    if model.phases_from_breadcrumbs:
+        read += (f"; {model.phases_from_breadcrumbs} phase runs replayed from the OOM bundle's "
+                 "breadcrumbs (the process died before exporting its spans)")
+    rows.append(("phase spans read", read))
     return '<dl class="meta" id="meta">' + "".join(
         f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows) + "</dl>"
 

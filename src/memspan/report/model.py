@@ -138,6 +138,8 @@ class ReportModel:
     first_ns: int | None = None
     last_ns: int | None = None
     step_device: str | None = None
+    steps_first: tuple[int, float] | None = None  # the first phase's start figure
+    phases_from_breadcrumbs: int = 0
 
     def see_time(self, *times: int) -> None:
         for t in times:

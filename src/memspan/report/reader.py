@@ -409,6 +409,8 @@ def _add_phase(model: ReportModel, span: dict[str, Any], attrs: dict[str, Any], 
         if model.step_device in (None, device):
             model.step_device = device
             model.steps.add(start, float(last))
+            if model.steps_first is None or start < model.steps_first[0]:
+                model.steps_first = (start, float(first))
     stats = model.path_stats(path[:4096], depth)
     if stats is None:
         return
