@@ -56,7 +56,8 @@ class LeakWatcher:
                 return
             series = self.series[path] = RunSeries()
         peak = figures.primary_peak
-        series.add(start, int(end), peak if isinstance(peak, int) else None)
+        exact = figures.attributes.get(names.PEAK_EXACT)
+        series.add(start, int(end), peak if isinstance(peak, int) else None, exact is True)
         if series.n < self.thresholds.min_runs or path in self.flagged:
             return
         slope, _ = series.fit()

@@ -53,7 +53,7 @@ class LeakThresholds:
     growth_share: float = 0.1
     min_drift_t: float = 3.0
     plateau_floor_bytes: int = 1 * MIB
-    plateau_share: float = 0.5
+    plateau_share: float = 0.7
     plateau_bytes: int = 64 * MIB
     critical_share: float = 0.8
     critical_process_share: float = 0.1

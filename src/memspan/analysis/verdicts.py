@@ -87,7 +87,8 @@ class Verdict:
 class RunSeries:
     """Incremental least squares over (run index, memory held by the path after the run)."""
 
-    __slots__ = ("held", "kept_sq", "last_end", "n", "sx", "sxx", "sxy", "sy", "syy", "working")
+    __slots__ = ("held", "kept_sq", "last_end", "n", "sx", "sxx", "sxy", "sy", "syy", "working",
+                 "working_known")
 
     def __init__(self) -> None:
         self.n = 0
@@ -95,14 +96,21 @@ class RunSeries:
         self.kept_sq = 0.0
         self.held = 0
         self.working = 0
+        self.working_known = False
         self.last_end: int | None = None
 
-    def add(self, start: int, end: int, peak: int | None = None) -> None:
+    def add(self, start: int, end: int, peak: int | None = None,
+            exact: bool | None = None) -> None:
+        """One run. ``peak`` tells the working memory only when it is ``exact`` or above both
+        edges: an inexact peak equal to an edge (the high-water mark was set earlier and
+        nothing sampled the phase) says nothing about what the run used at its top."""
         kept = end - start
         self.held += kept
         self.kept_sq += float(kept) * float(kept)
-        top = max(start, end, peak if peak is not None else end)
-        self.working = max(self.working, top - start)
+        if peak is not None and (exact or peak > max(start, end)):
+            self.working = max(self.working, peak - start)
+            self.working_known = True
+        self.working = max(self.working, kept)
         self.last_end = end
         x = float(self.n)
         y = float(self.held)
@@ -161,32 +169,41 @@ def verdict_for(series: RunSeries, thresholds: LeakThresholds | None = None) -> 
                     f"{human_bytes(needed)} over the runs ({human_bytes(per_run)}/run) "
                     f"with R² ≥ {t.min_r2:.2f}.")
     elif held >= t.plateau_floor_bytes and (
-            held >= t.plateau_share * working or held >= t.plateau_bytes):
+            (series.working_known and held >= t.plateau_share * working)
+            or (not series.working_known and process is not None
+                and held >= t.critical_process_share * process)
+            or held >= t.plateau_bytes):
         name = PLATEAU
-        share = _share(held, working)
-        of_process = _share(held, process)
-        critical = (working > 0 and held >= t.critical_share * working) or (
+        critical = (series.working_known and held >= t.critical_share * working) or (
             process is not None and process > 0 and held >= t.critical_process_share * process)
         level = "critical bloat" if critical else "plateau"
-        evidence = (f"Holds {human_bytes(held)} after {n} runs ({share} of its "
-                    f"{human_bytes(working)} working memory, {of_process} of the process's "
-                    f"{human_bytes(process)}) without growing ({human_bytes(slope)}/run, "
-                    f"R² {r2:.2f}); {level}: a plateau holds ≥ {human_bytes(t.plateau_floor_bytes)} "
-                    f"and ≥ {t.plateau_share:.0%} of its working memory (or "
-                    f"≥ {human_bytes(t.plateau_bytes)}), critical at "
-                    f"≥ {t.critical_share:.0%} of it or ≥ {t.critical_process_share:.0%} "
-                    f"of the process.")
+        evidence = (f"Holds {human_bytes(held)} after {n} runs ({_working(series, held)}, "
+                    f"{_share(held, process)} of the process's {human_bytes(process)}) "
+                    f"without growing ({human_bytes(slope)}/run, R² {r2:.2f}); {level}: a "
+                    f"plateau holds ≥ {human_bytes(t.plateau_floor_bytes)} and "
+                    f"≥ {t.plateau_share:.0%} of its working memory (or, that unknown, "
+                    f"≥ {t.critical_process_share:.0%} of the process; or "
+                    f"≥ {human_bytes(t.plateau_bytes)}), critical at ≥ {t.critical_share:.0%} "
+                    f"of its working memory or ≥ {t.critical_process_share:.0%} of the process.")
     else:
         name = LEAK_FREE
-        evidence = (f"Holds {human_bytes(held)} after {n} runs ({_share(held, working)} of its "
-                    f"{human_bytes(working)} working memory), {human_bytes(slope)}/run, "
+        evidence = (f"Holds {human_bytes(held)} after {n} runs ({_working(series, held)}, "
+                    f"{_share(held, process)} of the process's {human_bytes(process)}), "
+                    f"{human_bytes(slope)}/run, "
                     f"R² {r2:.2f}: under the leak threshold ({human_bytes(needed)} over the "
                     f"runs with R² ≥ {t.min_r2:.2f}) and the plateau threshold "
-                    f"(≥ {t.plateau_share:.0%} of the working memory and "
+                    f"(≥ {t.plateau_share:.0%} of the working memory, or of the process "
+                    f"≥ {t.critical_process_share:.0%} when that is unknown, and "
                     f"≥ {human_bytes(t.plateau_floor_bytes)}).")
     badge = CRITICAL_BADGE if critical else BADGES[name]
     return Verdict(name, badge, critical, n, held, slope, growth, r2, working, process,
                    needed, evidence)
+
+
+def _working(series: RunSeries, held: int) -> str:
+    if not series.working_known:
+        return "its working memory unknown: no exact peak"
+    return f"{_share(held, series.working)} of its {human_bytes(series.working)} working memory"
 
 
 def _runs(n: int) -> str:

@@ -28,7 +28,8 @@ class PathStats:
     added: int | None = None  # the most one run added at its peak (peak - start)
     series: RunSeries = field(default_factory=RunSeries)
 
-    def add(self, duration_s: float, peak: int | None, start: int | None, end: int | None) -> None:
+    def add(self, duration_s: float, peak: int | None, start: int | None, end: int | None,
+            exact: bool | None = None) -> None:
         self.runs += 1
         self.total_s += duration_s
         self.max_s = max(self.max_s, duration_s)
@@ -39,7 +40,7 @@ class PathStats:
             if self.added is None or top - start > self.added:
                 self.added = top - start
         if start is not None and end is not None:
-            self.series.add(start, end, peak)
+            self.series.add(start, end, peak, exact)
 
 
 @dataclass(order=True)

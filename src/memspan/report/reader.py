@@ -415,4 +415,5 @@ def _add_phase(model: ReportModel, span: dict[str, Any], attrs: dict[str, Any], 
     if stats is None:
         return
     stats.device = device
-    stats.add((end - start) / 1e9, peak, first, last)
+    exact = attrs.get(names.PEAK_EXACT)
+    stats.add((end - start) / 1e9, peak, first, last, exact if isinstance(exact, bool) else None)
