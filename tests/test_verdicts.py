@@ -72,7 +72,7 @@ def test_leak_threshold_scales_with_the_paths_own_size() -> None:
 
 def test_cache_filled_once_is_a_critical_plateau_however_few_mib() -> None:
     # The seed's forgotten cache: ~5,000 records (a few MiB) in the first run, 0 MB after.
-    kept = [5 * MIB + 400 * KIB] + [0, 4 * KIB, 0, -4 * KIB, 0, 8 * KIB, 0]
+    kept = [5 * MIB + 400 * KIB, 0, 4 * KIB, 0, -4 * KIB, 0, 8 * KIB, 0]
     verdict = verdict_for(chain(kept, base=30 * MIB, work=5 * MIB + 400 * KIB))
     assert verdict.verdict == "plateau" and verdict.critical
     assert verdict.badge == CRITICAL_BADGE == "HIGH MEMORY PLATEAU · CRITICAL BLOAT"
