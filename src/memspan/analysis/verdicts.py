@@ -10,13 +10,15 @@ Its *working memory* is the most one run added at its peak (``peak - start``).
 Verdicts (thresholds in :class:`LeakThresholds`, worked examples in docs/reports.md):
 
 - ``insufficient data``: fewer than ``min_runs`` runs. Never shown as leak-free.
-- ``leaking``: the held memory grows along a line (least squares over the run index,
-  R² >= ``min_r2``), the fitted growth over all runs reaches ``max(growth_bytes,
+- *growing*: the held memory follows a line (least squares over the run index,
+  R² >= ``min_r2``) rising at least ``slope_bytes_per_run`` per run, and the mean kept per
+  run is ``min_drift_t`` standard errors above zero (noise is not growth).
+- ``leaking``: growing, and the fitted growth over all runs reaches ``max(growth_bytes,
   growth_share * working memory)`` (a per-run threshold that falls with the run count and
-  rises with the path's size), at least ``slope_bytes_per_run`` per run, and the mean kept
-  per run is ``min_drift_t`` standard errors above zero.
-- ``plateau``: not leaking, and the held memory is at least ``plateau_floor_bytes`` and at
-  least ``plateau_share`` of the working memory (or ``plateau_bytes``): acquired and never
+  rises with the path's size). Growing but under that: ``insufficient data`` (more runs).
+- ``plateau``: not growing, and the held memory is at least ``plateau_floor_bytes`` and at
+  least ``plateau_share`` of the working memory (or ``plateau_bytes``; when no run had an
+  informative peak, ``critical_process_share`` of the process): acquired and never
   released. It is *critical* (the CRITICAL BLOAT alert) when what is held is at least
   ``critical_share`` of the working memory or ``critical_process_share`` of the process,
   however few MiB that is.
@@ -156,18 +158,24 @@ def verdict_for(series: RunSeries, thresholds: LeakThresholds | None = None) -> 
     needed = max(float(t.growth_bytes), t.growth_share * working)
     per_run = max(t.slope_bytes_per_run, needed / max(1, n - 1))
     process = series.last_end
+    growing = r2 >= t.min_r2 and slope >= t.slope_bytes_per_run \
+        and series.drift_t() >= t.min_drift_t
+    trend = f"{human_bytes(slope)}/run, R² {r2:.2f}"
     critical = False
     if n < t.min_runs:
         name = INSUFFICIENT
         evidence = (f"Ran {_runs(n)}; a verdict needs at least {t.min_runs} runs "
                     f"(so far it holds {human_bytes(held)}).")
-    elif r2 >= t.min_r2 and growth >= needed and slope >= per_run \
-            and series.drift_t() >= t.min_drift_t:
+    elif growing and growth >= needed and slope >= per_run:
         name = LEAKING
-        evidence = (f"Held memory grew by {human_bytes(growth)} over {n} runs "
-                    f"({human_bytes(slope)}/run, R² {r2:.2f}); a leak is growth of at least "
-                    f"{human_bytes(needed)} over the runs ({human_bytes(per_run)}/run) "
-                    f"with R² ≥ {t.min_r2:.2f}.")
+        evidence = (f"Grew {human_bytes(growth)} over {n} runs ({trend}); a leak is growth "
+                    f"of at least {human_bytes(needed)} over the runs "
+                    f"({human_bytes(per_run)}/run) with R² ≥ {t.min_r2:.2f}.")
+    elif growing:
+        name = INSUFFICIENT
+        evidence = (f"Grows steadily ({trend}) but only {human_bytes(growth)} over {n} runs, "
+                    f"under the {human_bytes(needed)} a leak needs: more runs are needed "
+                    "for a verdict.")
     elif held >= t.plateau_floor_bytes and (
             (series.working_known and held >= t.plateau_share * working)
             or (not series.working_known and process is not None
@@ -176,34 +184,33 @@ def verdict_for(series: RunSeries, thresholds: LeakThresholds | None = None) -> 
         name = PLATEAU
         critical = (series.working_known and held >= t.critical_share * working) or (
             process is not None and process > 0 and held >= t.critical_process_share * process)
-        level = "critical bloat" if critical else "plateau"
-        evidence = (f"Holds {human_bytes(held)} after {n} runs ({_working(series, held)}, "
-                    f"{_share(held, process)} of the process's {human_bytes(process)}) "
-                    f"without growing ({human_bytes(slope)}/run, R² {r2:.2f}); {level}: a "
-                    f"plateau holds ≥ {human_bytes(t.plateau_floor_bytes)} and "
-                    f"≥ {t.plateau_share:.0%} of its working memory (or, that unknown, "
-                    f"≥ {t.critical_process_share:.0%} of the process; or "
-                    f"≥ {human_bytes(t.plateau_bytes)}), critical at ≥ {t.critical_share:.0%} "
-                    f"of its working memory or ≥ {t.critical_process_share:.0%} of the process.")
+        rule = (f"plateau at ≥ {t.plateau_share:.0%} of the working memory (or "
+                f"≥ {human_bytes(t.plateau_bytes)}), critical at ≥ {t.critical_share:.0%} of it "
+                f"or ≥ {t.critical_process_share:.0%} of the process" if series.working_known
+                else f"plateau and critical at ≥ {t.critical_process_share:.0%} of the process "
+                     f"(or a plateau at ≥ {human_bytes(t.plateau_bytes)})")
+        evidence = (f"Holds {human_bytes(held)} after {n} runs, not growing ({trend}): "
+                    f"{_against(series, held, process)}; "
+                    f"{'critical bloat' if critical else 'a plateau'} ({rule}).")
     else:
         name = LEAK_FREE
-        evidence = (f"Holds {human_bytes(held)} after {n} runs ({_working(series, held)}, "
-                    f"{_share(held, process)} of the process's {human_bytes(process)}), "
-                    f"{human_bytes(slope)}/run, "
-                    f"R² {r2:.2f}: under the leak threshold ({human_bytes(needed)} over the "
-                    f"runs with R² ≥ {t.min_r2:.2f}) and the plateau threshold "
-                    f"(≥ {t.plateau_share:.0%} of the working memory, or of the process "
-                    f"≥ {t.critical_process_share:.0%} when that is unknown, and "
-                    f"≥ {human_bytes(t.plateau_floor_bytes)}).")
+        plateau = (f"≥ {t.plateau_share:.0%} of the working memory" if series.working_known
+                   else f"≥ {t.critical_process_share:.0%} of the process")
+        evidence = (f"Holds {human_bytes(held)} after {n} runs ({trend}): "
+                    f"{_against(series, held, process)}; under the leak threshold "
+                    f"(≥ {human_bytes(needed)} over the runs, R² ≥ {t.min_r2:.2f}) and the "
+                    f"plateau threshold ({plateau}).")
     badge = CRITICAL_BADGE if critical else BADGES[name]
     return Verdict(name, badge, critical, n, held, slope, growth, r2, working, process,
                    needed, evidence)
 
 
-def _working(series: RunSeries, held: int) -> str:
+def _against(series: RunSeries, held: int, process: int | None) -> str:
+    of_process = f"{_share(held, process)} of the {human_bytes(process)} process"
     if not series.working_known:
-        return "its working memory unknown: no exact peak"
-    return f"{_share(held, series.working)} of its {human_bytes(series.working)} working memory"
+        return f"{of_process} (working memory unknown: no exact peak)"
+    return (f"{_share(held, series.working)} of its {human_bytes(series.working)} working "
+            f"memory, {of_process}")
 
 
 def _runs(n: int) -> str:

@@ -89,6 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, InputError) as error:
         _say(f"memspan report: {error}", sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise
     except OSError as error:
         _say(f"memspan report: {error.filename or ''}: {error.strerror or error}", sys.stderr)
         return 2

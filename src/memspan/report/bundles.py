@@ -76,7 +76,7 @@ def replay_events(path: str, model: ReportModel) -> int:
             if count >= MAX_EVENTS:
                 break
             seconds = number(event.get("ts"))
-            if seconds is None or seconds <= 0:
+            if seconds is None or not 0 < seconds < 9e9:
                 continue
             time_ns = int(seconds * 1e9)
             kind = event.get("type")

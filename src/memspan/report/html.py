@@ -70,7 +70,11 @@ def _time(ns: int | None) -> str:
         return "unknown"
     from datetime import datetime, timezone
 
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+    try:
+        moment = datetime.fromtimestamp(ns / 1e9, timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return f"{ns} ns since the epoch"
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
 def file_url(path: str) -> str:

@@ -42,6 +42,12 @@ def integer(value: Any) -> int | None:
     return None
 
 
+def timestamp(value: Any) -> int | None:
+    """Nanoseconds since the epoch as OTLP's fixed64 allows: 0 <= t < 2**63, else ``None``."""
+    parsed = integer(value)
+    return parsed if parsed is not None and 0 <= parsed < 1 << 63 else None
+
+
 def number(value: Any) -> float | None:
     """A finite float from an int, a float or a numeric string; never inf or nan."""
     if isinstance(value, bool):

@@ -23,7 +23,16 @@ from typing import Any
 from memspan import names
 from memspan.report.lines import WRONG_SHAPE, LineReader
 from memspan.report.model import OOMRecord, ReportModel, RunInfo, TimelineSpan
-from memspan.report.otlp import attributes, integer, items, number, obj, objects, text
+from memspan.report.otlp import (
+    attributes,
+    integer,
+    items,
+    number,
+    obj,
+    objects,
+    text,
+    timestamp,
+)
 
 CURVE_METRICS = (
     names.PROCESS_MEMORY_USAGE,
@@ -142,9 +151,9 @@ class Collector:
         self._attach_runs()
 
     def _span(self, span: dict[str, Any], resource: dict[str, Any], version: str | None) -> bool:
-        start = integer(span.get("startTimeUnixNano"))
-        end = integer(span.get("endTimeUnixNano"))
-        if start is None or end is None or start < 0 or end < 0:
+        start = timestamp(span.get("startTimeUnixNano"))
+        end = timestamp(span.get("endTimeUnixNano"))
+        if start is None or end is None:
             return False
         attrs = attributes(span.get("attributes"))
         name = text(span.get("name"), 256) or ""
@@ -175,7 +184,7 @@ class Collector:
                 event_attrs = attributes(event.get("attributes"))
                 dump = event_attrs.get(names.OOM_DUMP_PATH)
                 model.add_oom(OOMRecord(
-                    integer(event.get("timeUnixNano")) or end,
+                    timestamp(event.get("timeUnixNano")) or end,
                     str(event_attrs.get(names.OOM_KIND) or "unknown"),
                     path if isinstance(path, str) else name,
                     str(event_attrs.get(names.OOM_REASON) or ""),
@@ -256,7 +265,7 @@ class Collector:
                 event_attrs = attributes(event.get("attributes"))
                 dump = event_attrs.get(names.OOM_DUMP_PATH)
                 run.oom = OOMRecord(
-                    integer(event.get("timeUnixNano")) or end,
+                    timestamp(event.get("timeUnixNano")) or end,
                     str(event_attrs.get(names.OOM_KIND) or "oom_killed"), "",
                     str(event_attrs.get(names.OOM_REASON) or ""),
                     local_path(dump), "run")
@@ -322,7 +331,7 @@ class Collector:
         for point in items(data.get("dataPoints")):
             point = obj(point)
             value = number(point.get("asInt", point.get("asDouble")))
-            time_ns = integer(point.get("timeUnixNano"))
+            time_ns = timestamp(point.get("timeUnixNano"))
             if value is None or time_ns is None or time_ns <= 0:
                 self.reader.skipped[WRONG_SHAPE] += 1
                 continue
