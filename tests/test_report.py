@@ -280,3 +280,52 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     os.close(leader)
     text = output.decode(errors="replace")
     assert "reading spans [" in text and "100%" in text
+
+
+def _otlp_attr(key: str, value: object) -> dict[str, object]:
+    kind = "stringValue" if isinstance(value, str) else "intValue"
+    return {"key": key, "value": {kind: value if isinstance(value, str) else str(value)}}
+
+
+def test_memory_chart_draws_the_limit_in_scale_with_phase_edge_points(tmp_path: Path) -> None:
+    base = 1_790_000_000_000_000_000
+    spans = [{"name": "step", "startTimeUnixNano": str(base + i * 10**8),
+              "endTimeUnixNano": str(base + i * 10**8 + 5 * 10**7),
+              "attributes": [_otlp_attr("memspan.phase.path", "step"),
+                             _otlp_attr("memspan.session.id", "s"),
+                             _otlp_attr("memspan.memory.rss.start", (100 + i) << 20),
+                             _otlp_attr("memspan.memory.rss.end", (101 + i) << 20),
+                             _otlp_attr("memspan.memory.rss.peak", (130 + i) << 20)]}
+             for i in range(30)]
+    resource = {"attributes": [_otlp_attr("service.instance.id", "proc-1")]}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "traces.jsonl").write_text(json.dumps({"resourceSpans": [
+        {"resource": resource, "scopeSpans": [{"spans": spans}]}]}) + "\n")
+
+    def metrics(*named: tuple[str, int]) -> None:
+        (tmp_path / "in" / "metrics.jsonl").write_text(json.dumps({"resourceMetrics": [
+            {"resource": resource, "scopeMetrics": [{"metrics": [
+                {"name": name, "gauge": {"dataPoints": [
+                    {"timeUnixNano": str(base + 10**9), "asInt": str(value)}]}}
+                for name, value in named]}]}]}) + "\n")
+
+    metrics(("memspan.cgroup.memory.limit", 512 << 20), ("memspan.cgroup.memory.usage", 400 << 20))
+    result = build_report(str(tmp_path / "in"), dump_dir=str(tmp_path / "d"),
+                          out_dir=str(tmp_path / "r"))
+    html = Path(result.html_path).read_text()
+    chart = html[html.index('<svg id="memory"'):]
+    chart = chart[:chart.index("</svg>")]
+    limit_y = float(re.search(r'<line id="limit"[^>]* y1="([\d.]+)"', chart).group(1))  # type: ignore[union-attr]
+    assert 10 <= limit_y <= 270  # inside the plot, not above it
+    assert ">memory limit 512.0 MiB</text>" in chart and ">600 MiB</text>" in chart
+    edges = re.search(r'<polyline class="curve"[^>]*points="([^"]+)"><title>RSS at phase edges',
+                      chart)
+    assert edges and len(edges.group(1).split()) == 90  # start, peak and end of 30 phases
+    assert "above the scale" not in html
+    assert result.verdicts["step"].verdict == "leaking"
+    # Without a limit, the container's usage (page cache included) does not squash the
+    # process's curves: it is clipped, and the legend says so.
+    metrics(("memspan.cgroup.memory.usage", 3 << 30))
+    unlimited = Path(build_report(str(tmp_path / "in"), dump_dir=str(tmp_path / "d"),
+                                  out_dir=str(tmp_path / "r")).html_path).read_text()
+    assert "up to 3.0 GiB: above the scale" in unlimited and ">150 MiB</text>" in unlimited

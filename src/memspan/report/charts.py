@@ -121,7 +121,13 @@ def memory_svg(model: ReportModel) -> str:
     limit = min(limits) if limits else None
     if model.run is not None and model.run.limit_bytes:
         limit = min(limit or model.run.limit_bytes, model.run.limit_bytes)
-    values = [v for n, points in curves.items() if n not in limit_names for _, v in points]
+    # The container's usage (page cache included) can dwarf the process: it sets the scale
+    # only next to a limit (then it is below the limit); else it is clipped, and says so.
+    container = [n for n in curves if n.startswith("memspan.cgroup.memory.usage")]
+    values = [v for n, points in curves.items() if n not in limit_names
+              and (limit or n not in container) for _, v in points]
+    if not values:
+        values = [v for points in curves.values() for _, v in points]
     top, ticks = byte_ticks(max(values + ([limit] if limit else []) + [1.0]) * 1.05)
     height, y0 = 260.0, 10.0
     parts = [f'<svg id="memory" width="{WIDTH}" height="{y0 + height + 30:.0f}" role="img" '
@@ -133,6 +139,8 @@ def memory_svg(model: ReportModel) -> str:
             continue
         color = COLORS[index % len(COLORS)]
         index += 1
+        highest = max(v for _, v in points)
+        points = [(t, min(v, top)) for t, v in points]
         coords = " ".join(f"{_x(t, first, last):.1f},{y0 + height - v / top * height:.1f}"
                           for t, v in points)
         parts.append(f'<polyline class="curve" fill="none" stroke="{color}" stroke-width="1.5" '
@@ -142,7 +150,9 @@ def memory_svg(model: ReportModel) -> str:
                 f'<circle cx="{_x(t, first, last):.1f}" cy="{y0 + height - v / top * height:.1f}" '
                 f'r="2.5" fill="{color}"><title>{escape(name)}: {escape(human_bytes(v))}'
                 f'</title></circle>' for t, v in points)
-        legend.append(f'<span><i style="background:{color}"></i>{escape(name)}</span>')
+        note = f" (up to {human_bytes(highest)}: above the scale)" if highest > top else ""
+        legend.append(f'<span><i style="background:{color}"></i>{escape(name)}{escape(note)}'
+                      '</span>')
     if limit:
         y = y0 + height - limit / top * height
         parts.append(f'<line id="limit" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" '
