@@ -62,6 +62,8 @@ class PageMeta:
 
 
 def _verdict_class(verdict: Verdict) -> str:
+    if verdict.critical:
+        return "v-leaking"  # the critical alert is red, like the badge
     return "v-insufficient" if verdict.verdict == "insufficient data" else f"v-{verdict.verdict}"
 
 
