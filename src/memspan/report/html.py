@@ -97,7 +97,7 @@ def _metadata(model: ReportModel, meta: PageMeta, thresholds: LeakThresholds) ->
         ("service", meta.service),
         ("environment", model.environment or "unknown"),
         ("host", model.host or (run.host if run else None) or "unknown"),
-        ("rank", "unknown" if model.rank is None else str(model.rank)),
+        ("rank", "not set (a single-process job)" if model.rank is None else str(model.rank)),
         ("session", meta.session + (f" (one of {meta.sessions_in_input} in the input)"
                                     if meta.sessions_in_input > 1 else "")),
         ("start", _time(model.first_ns)),
