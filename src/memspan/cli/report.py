@@ -80,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
                 start = "unknown" if not s.first_ns else datetime.fromtimestamp(
                     s.first_ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
                 run = "" if s.run is None else f"  memspan run exit {s.run.exit_code}"
-                _say(f"{s.key}  {start}  {s.service or 'unknown service'}  "
+                rank = "" if s.rank is None else f"  rank {s.rank}"
+                _say(f"{s.key}  {start}  {s.service or 'unknown service'}{rank}  "
                      f"{s.spans} phase spans{run}")
             return 0
         result = build_report(input_dir, dump_dir=args.dumps or config.dump_dir,

@@ -119,22 +119,23 @@ def _prepare_directory(directory: str) -> None:
         raise InputError(f"reports directory {directory!r} is not a directory")
 
 
-def _collect(input_dir: str, wanted: set[str] | None, merge: bool) -> Collector:
+def _collect(input_dir: str, wanted: set[str] | None, merge: bool,
+             metrics: bool = True) -> Collector:
     traces = os.path.join(input_dir, TRACES_FILE)
     if not parts(traces):
         raise InputError(f"no {TRACES_FILE} in {input_dir!r}: run a job with the embedded "
                          "default output first (or pass --input)")
     collector = Collector(wanted=wanted, merge=merge, reader=LineReader())
     collector.read_traces(traces)
-    metrics = os.path.join(input_dir, METRICS_FILE)
-    if parts(metrics):
-        collector.read_metrics(metrics)
+    metrics_path = os.path.join(input_dir, METRICS_FILE)
+    if metrics and parts(metrics_path):
+        collector.read_metrics(metrics_path)
     return collector
 
 
 def list_sessions(input_dir: str) -> list[SessionSummary]:
     """The sessions in the input, oldest first (reads the traces once, builds no model)."""
-    collector = _collect(input_dir, wanted=set(), merge=False)
+    collector = _collect(input_dir, wanted=set(), merge=False, metrics=False)
     return sorted(collector.sessions.values(), key=lambda s: (s.first_ns or 0, s.key))
 
 

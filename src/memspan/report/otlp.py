@@ -28,16 +28,18 @@ def objects(value: Any) -> list[dict[str, Any]]:
 
 def integer(value: Any) -> int | None:
     """An int from an int or a decimal string (OTLP JSON encodes 64-bit ints as strings)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
+    kind = type(value)
+    if kind is str:
+        if len(value) > 30:
+            return None
+        try:
+            parsed = int(value)
+        except ValueError:
+            return None
+        return parsed if -MAX_INT < parsed < MAX_INT else None
+    if kind is int:
         return value if -MAX_INT < value < MAX_INT else None
-    if isinstance(value, str) and 0 < len(value) <= 30:
-        text = value.strip()
-        digits = text[1:] if text[:1] in "+-" else text
-        if digits.isdigit() and digits.isascii():
-            return int(text)
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    if kind is float and math.isfinite(value) and value.is_integer():
         return integer(int(value))
     return None
 
@@ -68,28 +70,31 @@ def number(value: Any) -> float | None:
 
 def any_value(value: Any, depth: int = 0) -> Any:
     """The Python value of an OTLP ``AnyValue`` (bounded depth), ``None`` when unusable."""
-    value = obj(value)
-    if "stringValue" in value:
-        text = value["stringValue"]
-        return text if isinstance(text, str) else None
-    if "boolValue" in value:
-        flag = value["boolValue"]
-        return flag if isinstance(flag, bool) else None
-    if "intValue" in value:
-        return integer(value["intValue"])
-    if "doubleValue" in value:
-        return number(value["doubleValue"])
-    if "arrayValue" in value and depth < 4:
-        return [any_value(v, depth + 1) for v in items(obj(value["arrayValue"]).get("values"))[:256]]
+    if type(value) is not dict or len(value) != 1:
+        return None
+    ((key, inner),) = value.items()
+    if key == "stringValue":
+        return inner if type(inner) is str else None
+    if key == "intValue":
+        return integer(inner)
+    if key == "boolValue":
+        return inner if type(inner) is bool else None
+    if key == "doubleValue":
+        return number(inner)
+    if key == "arrayValue" and depth < 4:
+        return [any_value(v, depth + 1) for v in items(obj(inner).get("values"))[:256]]
     return None
 
 
 def attributes(value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in objects(value):
-        key = item.get("key")
-        if isinstance(key, str):
-            out[key] = any_value(item.get("value"))
+    if type(value) is not list:
+        return out
+    for item in value:
+        if type(item) is dict:
+            key = item.get("key")
+            if type(key) is str:
+                out[key] = any_value(item.get("value"))
     return out
 
 

@@ -128,6 +128,8 @@ class Collector:
         self.runs: list[RunInfo] = []
         self.sessions_dropped = 0
         self._by_instance: dict[str, list[str]] = {}
+        self._batch = 0
+        self._described: tuple[str, int] | None = None  # resource already applied to key
 
     # -- traces ----------------------------------------------------------------------------
     def read_traces(self, path: str) -> None:
@@ -140,6 +142,7 @@ class Collector:
                 continue
             for batch in objects(batches):
                 resource = attributes(obj(batch.get("resource")).get("attributes"))
+                self._batch += 1
                 for scope_spans in objects(batch.get("scopeSpans")):
                     scope = obj(scope_spans.get("scope"))
                     version = text(scope.get("version"), 64) \
@@ -168,7 +171,9 @@ class Collector:
         session_id = attrs.get(names.SESSION_ID)
         key = session_id if isinstance(session_id, str) and session_id else (
             instance if isinstance(instance, str) and instance else UNKNOWN_SESSION)
-        summary = self._summary(key, resource)
+        fresh = self._described != (key, self._batch)  # a resource is applied once a batch
+        self._described = (key, self._batch)
+        summary = self._summary(key, resource if fresh else None)
         if summary is None:
             return True
         summary.see(start, end)
@@ -177,7 +182,8 @@ class Collector:
         model = self._model(key, summary)
         if model is None:
             return True
-        _describe(model, resource, version)
+        if fresh:
+            _describe(model, resource, version)
         model.see_time(start, end)
         for event in events:
             if event.get("name") == names.OOM_EVENT:
@@ -194,13 +200,15 @@ class Collector:
             _add_phase(model, span, attrs, path, name, start, end)
         return True
 
-    def _summary(self, key: str, resource: dict[str, Any]) -> SessionSummary | None:
+    def _summary(self, key: str, resource: dict[str, Any] | None) -> SessionSummary | None:
         summary = self.sessions.get(key)
         if summary is None:
             if len(self.sessions) >= self.max_sessions:
                 self.sessions_dropped += 1
                 return None
             summary = self.sessions[key] = SessionSummary(key)
+        if resource is None:
+            return summary
         service = resource.get("service.name")
         summary.service = summary.service or (service if isinstance(service, str) else None)
         host = resource.get("host.name")
@@ -395,19 +403,21 @@ def _add_phase(model: ReportModel, span: dict[str, Any], attrs: dict[str, Any], 
                name: str, start: int, end: int) -> None:
     model.spans_read += 1
     depth = attrs.get(names.PHASE_DEPTH)
-    depth = depth if isinstance(depth, int) and 0 < depth < 10_000 else 1
-    error = integer(obj(span.get("status")).get("code")) == 2
+    depth = depth if type(depth) is int and 0 < depth < 10_000 else 1
+    status = span.get("status")
+    error = type(status) is dict and integer(status.get("code")) == 2
     model.add_timeline(TimelineSpan(max(0, end - start), start, end, name[:256], path[:4096],
                                     depth, error))
     device = attrs.get(names.MEMORY_DEVICE)
     device = device[:64] if isinstance(device, str) and device else "host"
-    if device != "host" and isinstance(attrs.get(names.ALLOCATED_START), int):
+    if device != "host" and type(attrs.get(names.ALLOCATED_START)) is int:
         keys = (names.ALLOCATED_PEAK, names.ALLOCATED_START, names.ALLOCATED_END)
         label = f"allocated at phase edges [{device}]"
     else:
         keys = (names.RSS_PEAK, names.RSS_START, names.RSS_END)
         label = "RSS at phase edges"
-    peak, first, last = (attrs.get(k) if isinstance(attrs.get(k), int) else None for k in keys)
+    peak, first, last = (value if type(value) is int else None
+                         for value in (attrs.get(k) for k in keys))
     # Phase-edge readings draw a curve even for a job shorter than one metric export.
     if first is not None and last is not None:
         curve = model.curve(label)
