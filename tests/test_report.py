@@ -329,3 +329,30 @@ def test_memory_chart_draws_the_limit_in_scale_with_phase_edge_points(tmp_path: 
     unlimited = Path(build_report(str(tmp_path / "in"), dump_dir=str(tmp_path / "d"),
                                   out_dir=str(tmp_path / "r")).html_path).read_text()
     assert "up to 3.0 GiB: above the scale" in unlimited and ">150 MiB</text>" in unlimited
+
+
+def test_the_child_service_on_the_run_span_names_the_page(tmp_path: Path) -> None:
+    base = 1_790_000_000_000_000_000
+    child = {"attributes": [_otlp_attr("service.name", "unknown_service:python3"),
+                            _otlp_attr("service.instance.id", "child-1")]}
+    launcher = {"attributes": [_otlp_attr("service.name", "memspan-run")]}
+    phases = [{"name": "step", "startTimeUnixNano": str(base + 10**8 + i * 10**6),
+               "endTimeUnixNano": str(base + 10**8 + i * 10**6 + 10**5),
+               "attributes": [_otlp_attr("memspan.phase.path", "step"),
+                              _otlp_attr("memspan.session.id", "child-session")]}
+              for i in range(3)]
+    run = {"name": "memspan.run", "startTimeUnixNano": str(base), "endTimeUnixNano": str(base + 10**9),
+           "attributes": [_otlp_attr("memspan.run.child.service.name", "ranker"),
+                          _otlp_attr("process.exit.code", -9), _otlp_attr("process.pid", 4242)],
+           "status": {"code": 2, "message": "exit_code:-9"}}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "traces.jsonl").write_text("\n".join(json.dumps({"resourceSpans": [
+        {"resource": resource, "scopeSpans": [{"spans": spans}]}]})
+        for resource, spans in ((child, phases), (launcher, [run]))) + "\n")
+    result = build_report(str(tmp_path / "in"), dump_dir=str(tmp_path / "d"),
+                          out_dir=str(tmp_path / "r"))
+    assert result.session == "child-session"
+    html = Path(result.html_path).read_text()
+    assert "memspan memory audit: ranker" in html
+    assert result.badge.text == "KILLED BY SIGKILL"
+    assert [s.key for s in list_sessions(str(tmp_path / "in"))] == ["child-session"]
