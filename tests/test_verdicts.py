@@ -122,7 +122,7 @@ def test_without_an_exact_peak_a_plateau_is_judged_against_the_process() -> None
         s.add(start * KIB, end * KIB, end * KIB, exact=False)
     clean = verdict_for(s)
     assert clean.verdict == "leak-free"
-    assert "working memory unknown" in clean.evidence
+    assert "its working memory not known exactly (no exact peak)" in clean.evidence
     cache = RunSeries()  # the forgotten cache, measured the same way: 5.4 MiB of 35 MiB
     for start, end in [(29 * MIB, 34 * MIB + 400 * KIB)] + [(34 * MIB + 400 * KIB,) * 2] * 7:
         cache.add(start, end, end, exact=False)

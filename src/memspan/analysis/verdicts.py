@@ -187,11 +187,11 @@ def verdict_for(series: RunSeries, thresholds: LeakThresholds | None = None) -> 
         rule = (f"plateau at ≥ {t.plateau_share:.0%} of the working memory (or "
                 f"≥ {human_bytes(t.plateau_bytes)}), critical at ≥ {t.critical_share:.0%} of it "
                 f"or ≥ {t.critical_process_share:.0%} of the process" if series.working_known
-                else f"plateau and critical at ≥ {t.critical_process_share:.0%} of the process "
-                     f"(or a plateau at ≥ {human_bytes(t.plateau_bytes)})")
+                else f"plateau and critical at ≥ {t.critical_process_share:.0%} of the process, "
+                     f"a plateau at ≥ {human_bytes(t.plateau_bytes)} whatever the share")
         evidence = (f"Holds {human_bytes(held)} after {n} runs, not growing ({trend}): "
                     f"{_against(series, held, process)}; "
-                    f"{'critical bloat' if critical else 'a plateau'} ({rule}).")
+                    f"{'critical bloat' if critical else 'a plateau'}: {rule}.")
     else:
         name = LEAK_FREE
         plateau = (f"≥ {t.plateau_share:.0%} of the working memory" if series.working_known
@@ -208,7 +208,7 @@ def verdict_for(series: RunSeries, thresholds: LeakThresholds | None = None) -> 
 def _against(series: RunSeries, held: int, process: int | None) -> str:
     of_process = f"{_share(held, process)} of the {human_bytes(process)} process"
     if not series.working_known:
-        return f"{of_process} (working memory unknown: no exact peak)"
+        return f"{of_process}, its working memory not known exactly (no exact peak)"
     return (f"{_share(held, series.working)} of its {human_bytes(series.working)} working "
             f"memory, {of_process}")
 
