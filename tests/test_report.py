@@ -161,6 +161,7 @@ def test_a_job_killed_before_any_export_is_replayed_from_its_breadcrumbs(tmp_pat
     html = Path(report.html_path).read_text()
     assert "memspan memory audit: child" in html  # the script's name, not memspan-run
     assert "replayed from the OOM bundle" in html
+    assert "<dt>host</dt><dd>unknown</dd>" not in html  # the bundle's name carries the host
     assert len(re.findall(r'<a href="file:///', html)) == 1
 
 

@@ -154,3 +154,24 @@ def test_the_fuzz_harness_sees_a_real_report() -> None:
         assert result.spans_read == 1 and os.path.isfile(result.html_path)
     finally:
         shutil.rmtree(root)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lines=st.lists(st.one_of(
+    st.fixed_dictionaries({"ts": json_leaf, "type": st.sampled_from(
+        ["phase_start", "phase_end", "sample", "oom", "x"]), "path": json_leaf,
+        "scope_id": json_leaf, "rss": json_leaf, "retained": json_leaf, "duration_s": json_leaf,
+        "allocated": json_leaf, "values": json_value}).map(json.dumps),
+    json_value.map(json.dumps), st.binary(max_size=40).map(lambda b: b.decode("latin-1"))),
+    max_size=12))
+def test_breadcrumb_events_replay_never_raises(lines: list[str]) -> None:
+    from memspan.report.bundles import replay_events
+    from memspan.report.model import ReportModel
+
+    with tempfile.TemporaryDirectory() as root:
+        path = os.path.join(root, "events.jsonl")
+        with open(path, "w", encoding="latin-1", errors="replace") as handle:
+            handle.write("\n".join(lines))
+        model = ReportModel()
+        assert replay_events(path, model) == 0
+        assert model.phases_from_breadcrumbs <= len(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from memspan.oom.bundle import BUNDLE_NAME
 from memspan.oom.events import EventType
 from memspan.oom.retention import list_bundles
 from memspan.report.lines import InputError, LineReader, read_small_json
@@ -51,6 +52,9 @@ def attach_bundles(dump_dir: str, model: ReportModel, session_key: str | None,
             if not (same_session or same_pid):
                 continue
         phase = manifest.get("phase_path")
+        named = BUNDLE_NAME.match(entry.name)
+        if model.host is None and named is not None:
+            model.host = named.group(2)  # the bundle's name carries the host it was written on
         model.add_oom(OOMRecord(
             _bundle_time(entry.name),
             str(manifest.get("kind") or "unknown")[:128],
