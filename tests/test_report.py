@@ -357,3 +357,33 @@ def test_the_child_service_on_the_run_span_names_the_page(tmp_path: Path) -> Non
     assert "memspan memory audit: ranker" in html
     assert result.badge.text == "KILLED BY SIGKILL"
     assert [s.key for s in list_sessions(str(tmp_path / "in"))] == ["child-session"]
+
+
+def test_device_phases_are_judged_on_allocator_figures(tmp_path: Path) -> None:
+    # What a CUDA job writes (no GPU here): allocator figures are the primary ones.
+    base = 1_790_000_000_000_000_000
+    gib = 1 << 30
+    spans = [{"name": "step", "startTimeUnixNano": str(base + i * 10**8),
+              "endTimeUnixNano": str(base + i * 10**8 + 5 * 10**7),
+              "attributes": [_otlp_attr("memspan.phase.path", "train / step"),
+                             _otlp_attr("memspan.phase.depth", 2),
+                             _otlp_attr("memspan.session.id", "gpu"),
+                             _otlp_attr("memspan.memory.device", "cuda:0"),
+                             _otlp_attr("memspan.memory.rss.start", 3 * gib),
+                             _otlp_attr("memspan.memory.rss.end", 3 * gib),
+                             _otlp_attr("memspan.memory.allocated.start", 2 * gib + i * (50 << 20)),
+                             _otlp_attr("memspan.memory.allocated.end", 2 * gib + (i + 1) * (50 << 20)),
+                             _otlp_attr("memspan.memory.allocated.peak", 6 * gib + i * (50 << 20))]}
+             for i in range(20)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "traces.jsonl").write_text(json.dumps({"resourceSpans": [
+        {"resource": {"attributes": []}, "scopeSpans": [{"spans": spans}]}]}) + "\n")
+    result = build_report(str(tmp_path / "in"), dump_dir=str(tmp_path / "d"),
+                          out_dir=str(tmp_path / "r"))
+    verdict = result.verdicts["train / step"]
+    # 50 MiB per step over 19 steps = 950 MiB; 10% of the 4 GiB working memory is 410 MiB
+    assert verdict.verdict == "leaking" and verdict.working_bytes == 4 * gib
+    assert verdict.growth_threshold_bytes == pytest.approx(0.1 * 4 * gib)
+    html = Path(result.html_path).read_text()
+    assert "allocated at phase edges [cuda:0]" in html and ">GiB<" not in html
+    assert re.search(r">\d+(\.\d+)? GiB</text>", html)
