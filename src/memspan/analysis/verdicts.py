@@ -103,13 +103,13 @@ class RunSeries:
 
     def add(self, start: int, end: int, peak: int | None = None,
             exact: bool | None = None) -> None:
-        """One run. ``peak`` tells the working memory only when it is ``exact`` or above both
-        edges: an inexact peak equal to an edge (the high-water mark was set earlier and
-        nothing sampled the phase) says nothing about what the run used at its top."""
+        """One run. ``peak`` tells the working memory only when it is exact (the high-water
+        mark rose inside the run) or its exactness is not known (``None``: a producer that does
+        not say); an inexact peak (the highest reading seen) is only a lower bound."""
         kept = end - start
         self.held += kept
         self.kept_sq += float(kept) * float(kept)
-        if peak is not None and (exact or peak > max(start, end)):
+        if peak is not None and exact is not False:
             self.working = max(self.working, peak - start)
             self.working_known = True
         self.working = max(self.working, kept)

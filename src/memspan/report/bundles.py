@@ -130,7 +130,7 @@ def _phase_end(event: dict[str, object], time_ns: int, starts: dict[str, int],
             model.steps_first = (start_ns, float(begin))
     stats = model.path_stats(path[:4096], depth)
     if stats is not None:
-        stats.add(duration, peak, begin, end)
+        stats.add(duration, peak, begin, end, False)  # a ring event does not say if exact
     model.phases_from_breadcrumbs += 1
 
 
