@@ -40,8 +40,9 @@ class LeakThresholds:
       slope is at least ``slope_bytes_per_run`` (page-sized noise is never a leak), and the mean
       memory kept per run is at least ``min_drift_t`` standard errors above zero (a random walk
       of noise is not a leak).
-    - plateau: not leaking, held >= ``plateau_floor_bytes`` and (held >= ``plateau_share`` of
-      the working memory, or held >= ``plateau_bytes``).
+    - plateau: not growing, held >= ``plateau_floor_bytes`` and (held >= ``plateau_share`` of
+      the working memory, or, when no run had an exact peak, >= ``plateau_process_share`` of
+      the process; or held >= ``plateau_bytes``).
     - critical bloat (a plateau raised to an alert): held >= ``critical_share`` of the working
       memory, or held >= ``critical_process_share`` of the process.
     """
@@ -53,9 +54,10 @@ class LeakThresholds:
     growth_share: float = 0.1
     min_drift_t: float = 3.0
     plateau_floor_bytes: int = 1 * MIB
-    plateau_share: float = 0.7
+    plateau_share: float = 0.8
+    plateau_process_share: float = 0.1
     plateau_bytes: int = 64 * MIB
-    critical_share: float = 0.8
+    critical_share: float = 0.9
     critical_process_share: float = 0.1
 
     def __post_init__(self) -> None:
@@ -122,6 +124,7 @@ _ACCEPTED = {
     "min_drift_t": "a number >= 0",
     "plateau_floor_bytes": "an integer number of bytes > 0",
     "plateau_share": _SHARE,
+    "plateau_process_share": _SHARE,
     "plateau_bytes": "an integer number of bytes > 0",
     "critical_share": _SHARE,
     "critical_process_share": _SHARE,
@@ -135,6 +138,7 @@ _IN_RANGE = {
     "min_drift_t": lambda v: v >= 0,
     "plateau_floor_bytes": lambda v: v > 0,
     "plateau_share": lambda v: 0.0 < v <= 1.0,
+    "plateau_process_share": lambda v: 0.0 < v <= 1.0,
     "plateau_bytes": lambda v: v > 0,
     "critical_share": lambda v: 0.0 < v <= 1.0,
     "critical_process_share": lambda v: 0.0 < v <= 1.0,
@@ -148,6 +152,7 @@ _RULES = {
     "min_drift_t": "leak: mean kept per run this many standard errors above zero",
     "plateau_floor_bytes": "plateau: held at least this...",
     "plateau_share": "...and this share of the working memory (or plateau_bytes)",
+    "plateau_process_share": "...or, no run having an exact peak, this share of the process",
     "plateau_bytes": f"plateau: held at least this, whatever the share ({PLATEAU_VARIABLE})",
     "critical_share": "critical bloat: held at least this share of the working memory...",
     "critical_process_share": "...or this share of the process's memory",

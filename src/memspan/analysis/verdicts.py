@@ -18,7 +18,7 @@ Verdicts (thresholds in :class:`LeakThresholds`, worked examples in docs/reports
   rises with the path's size). Growing but under that: ``insufficient data`` (more runs).
 - ``plateau``: not growing, and the held memory is at least ``plateau_floor_bytes`` and at
   least ``plateau_share`` of the working memory (or ``plateau_bytes``; when no run had an
-  informative peak, ``critical_process_share`` of the process): acquired and never
+  exact peak, ``plateau_process_share`` of the process): acquired and never
   released. It is *critical* (the CRITICAL BLOAT alert) when what is held is at least
   ``critical_share`` of the working memory or ``critical_process_share`` of the process,
   however few MiB that is.
@@ -179,7 +179,7 @@ def verdict_for(series: RunSeries, thresholds: LeakThresholds | None = None) -> 
     elif held >= t.plateau_floor_bytes and (
             (series.working_known and held >= t.plateau_share * working)
             or (not series.working_known and process is not None
-                and held >= t.critical_process_share * process)
+                and held >= t.plateau_process_share * process)
             or held >= t.plateau_bytes):
         name = PLATEAU
         critical = (series.working_known and held >= t.critical_share * working) or (
@@ -187,15 +187,16 @@ def verdict_for(series: RunSeries, thresholds: LeakThresholds | None = None) -> 
         rule = (f"plateau at ≥ {t.plateau_share:.0%} of the working memory (or "
                 f"≥ {human_bytes(t.plateau_bytes)}), critical at ≥ {t.critical_share:.0%} of it "
                 f"or ≥ {t.critical_process_share:.0%} of the process" if series.working_known
-                else f"plateau and critical at ≥ {t.critical_process_share:.0%} of the process, "
-                     f"a plateau at ≥ {human_bytes(t.plateau_bytes)} whatever the share")
+                else f"plateau at ≥ {t.plateau_process_share:.0%} of the process (or "
+                     f"≥ {human_bytes(t.plateau_bytes)}), critical at "
+                     f"≥ {t.critical_process_share:.0%} of it")
         evidence = (f"Holds {human_bytes(held)} after {n} runs, not growing ({trend}): "
                     f"{_against(series, held, process)}; "
                     f"{'critical bloat' if critical else 'a plateau'}: {rule}.")
     else:
         name = LEAK_FREE
         plateau = (f"≥ {t.plateau_share:.0%} of the working memory" if series.working_known
-                   else f"≥ {t.critical_process_share:.0%} of the process")
+                   else f"≥ {t.plateau_process_share:.0%} of the process")
         evidence = (f"Holds {human_bytes(held)} after {n} runs ({trend}): "
                     f"{_against(series, held, process)}; under the leak threshold "
                     f"(≥ {human_bytes(needed)} over the runs, R² ≥ {t.min_r2:.2f}) and the "
