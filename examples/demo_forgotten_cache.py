@@ -1,18 +1,22 @@
-"""Scenario A, the forgotten search cache: every run keeps its 5,000 records in a global dict.
+"""Scenario A, the forgotten search cache: the first task pulls 5,000 records from "Oracle"
+into a global dict "to optimise the next run" and nobody ever clears it. Later tasks find
+the cache filled and add 0 MB.
 
-Expected verdict: ``leaking`` (the end-of-run memory grows by a few MiB per run, in a line).
+Expected verdict: ``plateau`` with the CRITICAL BLOAT alert: the few MiB the cache holds are
+all the task ever needed, and they are never given back.
 """
 
 from __future__ import annotations
 
 from scenario_common import fetch_records, run_scenario
 
-CACHE: dict[int, list[dict[str, str]]] = {}
+CACHE: dict[str, list[dict[str, str]]] = {}
 
 
 def task(run: int) -> None:
-    records = fetch_records(5000, run)
-    CACHE[run] = records  # "to optimise the next run", and never cleared
+    if "orders" not in CACHE:
+        CACHE["orders"] = fetch_records(5000, run)  # filled once, never cleared
+    _ = len(CACHE["orders"])
 
 
 if __name__ == "__main__":

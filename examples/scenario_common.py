@@ -1,7 +1,8 @@
 """Shared by the audit scenarios: a fake "Oracle" fetch, and running a task under memspan.
 
 Each scenario runs one task several times as the phase ``sync_task``, then writes the HTML
-audit report (``memspan report`` does the same from the command line) and prints the verdict.
+audit report with :func:`memspan.report.generate_report` (``memspan report`` does the same
+from the command line) and prints the verdict with its evidence.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 import memspan
-from memspan.report import build_report
+from memspan.report import generate_report
 
 
 def fetch_records(count: int, run: int) -> list[dict[str, str]]:
@@ -27,10 +28,11 @@ def run_scenario(name: str, task: Callable[[int], None], runs: int = 8) -> str:
         with memspan.phase("sync_task", run=run):
             task(run)
     memspan.shutdown()
-    result = build_report(output, suffix=name)
+    result = generate_report(input_dir=output, dump_dir=os.path.join(output, "no-dumps"),
+                             suffix=name)
     verdict = result.verdicts["sync_task"]
-    print(f"{name}: sync_task verdict {verdict.verdict} ({verdict.badge}); "
-          f"slope {verdict.slope_bytes_per_run / 2**20:.2f} MiB/run over {verdict.runs} runs")
+    print(f"{name}: sync_task verdict {verdict.verdict} ({verdict.badge})")
+    print(f"evidence: {verdict.evidence}")
     print(f"report: {result.html_path}")
     sys.stdout.flush()
     return verdict.verdict

@@ -1,6 +1,7 @@
 """Scenario C, allocate once and hold: the first run loads a 128 MiB table that stays.
 
-Expected verdict: ``plateau`` (memory stays high after the work, but does not keep growing).
+Expected verdict: ``plateau`` with the CRITICAL BLOAT alert (the table is all the task
+ever needed, and it stays: memory stays high after the work, but does not keep growing).
 """
 
 from __future__ import annotations

@@ -309,13 +309,20 @@ MEMSPAN_STEP_PEAK_INCREASE_MB: Final = _declare(
     "peak by more than this", minimum=0.0, maximum=float(_TIB_IN_MIB),
     setting="step_peak_increase_mb")
 
+RAMFLOW_REPORTS_DIR: Final = _declare(
+    "RAMFLOW_REPORTS_DIR", "path", None,
+    "alias of `MEMSPAN_REPORTS_DIR` for users coming from RAM-FLOW; read only when "
+    "`MEMSPAN_REPORTS_DIR` is unset", external=True)
+
 # -- leak and plateau verdicts (memspan.analysis) ---------------------------------------------
 MEMSPAN_LEAK_MIN_RUNS: Final = _declare(
     "MEMSPAN_LEAK_MIN_RUNS", "int", 5, "runs of a phase path needed before a leak verdict",
     minimum=3, maximum=1_000_000)
 MEMSPAN_LEAK_SLOPE_BYTES: Final = _declare(
-    "MEMSPAN_LEAK_SLOPE_BYTES", "bytes", float(1 << 20),
-    "growth per run above which a path leaks", minimum=1.0, maximum=_PIB)
+    "MEMSPAN_LEAK_SLOPE_BYTES", "bytes", float(16 << 10),
+    "the least growth per run that can be a leak (a floor against page-sized noise; the leak "
+    "itself is judged on the growth over all runs, see docs/reports.md)",
+    minimum=1.0, maximum=_PIB)
 MEMSPAN_LEAK_MIN_R2: Final = _declare(
     "MEMSPAN_LEAK_MIN_R2", "ratio", 0.8,
     "how well a straight line must fit the growth for a leak verdict", minimum=0.0, maximum=1.0)

@@ -46,12 +46,15 @@ class LeakWatcher:
                 self._ledger.add(LEAK_WATCH_PATHS)
                 return
             series = self.series[path] = RunSeries()
-        series.add(figures.primary_start, figures.primary_end)
+        series.add(figures.primary_start, figures.primary_end, figures.primary_peak,
+                   figures.peak_exact is True)
         if series.n < self.thresholds.min_runs or path in self.flagged:
             return
-        slope, _ = series.fit()
-        if slope < self.thresholds.slope_bytes_per_run:  # cheap pre-check before the verdict
-            return
+        slope, r2 = series.fit()
+        limits = self.thresholds
+        if slope < limits.slope_bytes_per_run or r2 < limits.min_r2 \
+                or slope * (series.n - 1) < limits.growth_bytes:
+            return  # cheap pre-checks: the verdict (and its sentence) only for likely leaks
         verdict = verdict_for(series, self.thresholds)
         if verdict.verdict == LEAKING:
             self.flagged.add(path)

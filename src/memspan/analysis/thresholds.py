@@ -1,80 +1,133 @@
-"""The thresholds behind leak and plateau verdicts, in one object, with validated overrides.
+"""The thresholds behind the verdicts, in one object, with validated overrides.
 
 A bad ``MEMSPAN_LEAK_*``/``MEMSPAN_PLATEAU_*`` value is a :class:`~memspan.config.ConfigError`
-naming the variable and the accepted values: never a crash at import.
+naming the variable and the accepted values: never a crash at import. Four thresholds have a
+variable; the others are set in code (``configure(leak_thresholds=LeakThresholds(...))``).
+docs/reports.md explains each rule with a worked example.
 """
 
 from __future__ import annotations
 
-import os
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from memspan import environment_variables as ev
 from memspan.config import ConfigError
 
+KIB = 1 << 10
 MIB = 1 << 20
+
 
 
 @dataclass(frozen=True)
 class LeakThresholds:
-    """When a phase path is leaking, on a plateau, or leak-free.
+    """When a phase path is leaking, on a plateau, leak-free, or not judged yet.
 
-    - ``min_runs``: runs of a path needed before any verdict but ``leak-free``.
-    - ``slope_bytes_per_run``: least-squares growth of the end-of-run memory above which a
-      path leaks...
-    - ``min_r2``: ...provided the straight line explains the growth this well (0..1).
-    - ``plateau_bytes``: memory still held after the last run, compared with before the
-      first, above which a path that does not leak is on a plateau.
+    *Held* is the memory a path still holds after its last run (the sum of what each run
+    kept); *working memory* is the most one run of the path added at its peak
+    (``peak - start``); *process* is the process's (or device's) figure after the last run.
+
+    - ``min_runs``: runs of a path needed for any verdict (else ``insufficient data``).
+    - leaking: the held memory grows along a line (R² >= ``min_r2``), the fitted growth over
+      all runs is at least ``max(growth_bytes, growth_share * working memory)`` (so the slope
+      needed per run falls as the run count grows, and rises with the path's own size), the
+      slope is at least ``slope_bytes_per_run`` (page-sized noise is never a leak), and the mean
+      memory kept per run is at least ``min_drift_t`` standard errors above zero (a random walk
+      of noise is not a leak).
+    - plateau: not growing, held >= ``plateau_floor_bytes`` and (held >= ``plateau_share`` of
+      the working memory, or, when no run had an exact peak, >= ``plateau_process_share`` of
+      the process; or held >= ``plateau_bytes``).
+    - critical bloat (a plateau raised to an alert): held >= ``critical_share`` of the working
+      memory, or held >= ``critical_process_share`` of the process.
     """
 
     min_runs: int = 5
-    slope_bytes_per_run: float = 1 * MIB
     min_r2: float = 0.8
+    slope_bytes_per_run: float = 16 * KIB
+    growth_bytes: int = 4 * MIB
+    growth_share: float = 0.1
+    min_drift_t: float = 3.0
+    plateau_floor_bytes: int = 1 * MIB
+    plateau_share: float = 0.8
+    plateau_process_share: float = 0.1
     plateau_bytes: int = 64 * MIB
+    critical_share: float = 0.9
+    critical_process_share: float = 0.1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.min_runs, int) or self.min_runs < 3:
-            raise ConfigError(f"min_runs={self.min_runs!r} is out of range; accepted: an integer >= 3")
-        if not self.slope_bytes_per_run > 0:
-            raise ConfigError(f"slope_bytes_per_run={self.slope_bytes_per_run!r} is out of range; "
-                              "accepted: a number of bytes > 0")
-        if not 0.0 <= self.min_r2 <= 1.0:
-            raise ConfigError(f"min_r2={self.min_r2!r} is out of range; accepted: a number in [0, 1]")
-        if not isinstance(self.plateau_bytes, int) or self.plateau_bytes <= 0:
-            raise ConfigError(f"plateau_bytes={self.plateau_bytes!r} is out of range; "
-                              "accepted: an integer number of bytes > 0")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            accepted = _ACCEPTED[item.name]
+            kind_ok = isinstance(value, int) and not isinstance(value, bool) if item.type == "int" \
+                else isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not kind_ok or not math.isfinite(value) or not _IN_RANGE[item.name](value):
+                raise ConfigError(f"{item.name}={value!r} is out of range; accepted: {accepted}")
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, value, rule) rows for the report's thresholds table."""
+        return [(item.name, _show(item.name, getattr(self, item.name)), _RULES[item.name])
+                for item in fields(self)]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LeakThresholds:
-        env = os.environ if environ is None else environ
-        values: dict[str, int | float] = {}
-        for field, variable, kind in (
-            ("min_runs", "MEMSPAN_LEAK_MIN_RUNS", int),
-            ("slope_bytes_per_run", "MEMSPAN_LEAK_SLOPE_BYTES", float),
-            ("min_r2", "MEMSPAN_LEAK_MIN_R2", float),
-            ("plateau_bytes", "MEMSPAN_PLATEAU_BYTES", int),
-        ):
-            raw = env.get(variable)
-            if raw is None or not raw.strip():
-                continue
-            try:
-                values[field] = kind(raw.strip())
-            except ValueError:
-                noun = "an integer" if kind is int else "a number"
-                raise ConfigError(f"{variable}={raw!r} is not {noun}; "
-                                  f"accepted: {_ACCEPTED[field]}") from None
-            try:
-                cls(**{field: values[field]})  # type: ignore[arg-type]
-            except ConfigError:
-                raise ConfigError(
-                    f"{variable}={raw!r} is out of range; accepted: {_ACCEPTED[field]}"
-                ) from None
-        return cls(**values)  # type: ignore[arg-type]
+        """The defaults, with ``MEMSPAN_LEAK_*``/``MEMSPAN_PLATEAU_BYTES`` where set (parsed and
+        range-checked by their declarations in :mod:`memspan.environment_variables`)."""
+        return cls(**ev.leak_threshold_values(environ))  # type: ignore[arg-type]
 
 
+def _show(name: str, value: float) -> str:
+    if name.endswith("bytes") or name.endswith("bytes_per_run"):
+        for unit, size in (("MiB", MIB), ("KiB", KIB)):
+            if value >= size:
+                return f"{value / size:g} {unit}"
+        return f"{value:g} B"
+    if name.endswith("share"):
+        return f"{value * 100:g}%"
+    return f"{value:g}"
+
+
+_BYTES = "a number of bytes > 0 (finite)"
+_SHARE = "a number in (0, 1]"
 _ACCEPTED = {
     "min_runs": "an integer >= 3",
-    "slope_bytes_per_run": "a number of bytes > 0",
     "min_r2": "a number in [0, 1]",
+    "slope_bytes_per_run": _BYTES,
+    "growth_bytes": "an integer number of bytes > 0",
+    "growth_share": "a number in [0, 10]",
+    "min_drift_t": "a number >= 0",
+    "plateau_floor_bytes": "an integer number of bytes > 0",
+    "plateau_share": _SHARE,
+    "plateau_process_share": _SHARE,
     "plateau_bytes": "an integer number of bytes > 0",
+    "critical_share": _SHARE,
+    "critical_process_share": _SHARE,
+}
+_IN_RANGE = {
+    "min_runs": lambda v: v >= 3,
+    "min_r2": lambda v: 0.0 <= v <= 1.0,
+    "slope_bytes_per_run": lambda v: v > 0,
+    "growth_bytes": lambda v: v > 0,
+    "growth_share": lambda v: 0.0 <= v <= 10.0,
+    "min_drift_t": lambda v: v >= 0,
+    "plateau_floor_bytes": lambda v: v > 0,
+    "plateau_share": lambda v: 0.0 < v <= 1.0,
+    "plateau_process_share": lambda v: 0.0 < v <= 1.0,
+    "plateau_bytes": lambda v: v > 0,
+    "critical_share": lambda v: 0.0 < v <= 1.0,
+    "critical_process_share": lambda v: 0.0 < v <= 1.0,
+}
+_RULES = {
+    "min_runs": f"runs needed for any verdict ({ev.MEMSPAN_LEAK_MIN_RUNS})",
+    "min_r2": f"leak: the held memory follows a line this well ({ev.MEMSPAN_LEAK_MIN_R2})",
+    "slope_bytes_per_run": f"leak: at least this growth per run ({ev.MEMSPAN_LEAK_SLOPE_BYTES})",
+    "growth_bytes": "leak: fitted growth over all runs at least this...",
+    "growth_share": "...and at least this share of the path's working memory",
+    "min_drift_t": "leak: mean kept per run this many standard errors above zero",
+    "plateau_floor_bytes": "plateau: held at least this...",
+    "plateau_share": "...and this share of the working memory (or plateau_bytes)",
+    "plateau_process_share": "...or, no run having an exact peak, this share of the process",
+    "plateau_bytes": f"plateau: held at least this, whatever the share ({ev.MEMSPAN_PLATEAU_BYTES})",
+    "critical_share": "critical bloat: held at least this share of the working memory...",
+    "critical_process_share": "...or this share of the process's memory",
 }
