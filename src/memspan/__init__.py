@@ -29,6 +29,8 @@ from memspan.oom import (
 )
 from memspan.oom.service import capture_oom_block
 from memspan.phase_scope import DISABLED_PHASE, DisabledPhase
+from memspan.report.builder import DEFAULT_SUFFIX, ReportResult
+from memspan.report.builder import generate_report as _generate_report
 from memspan.runtime import (
     PhaseBoundary,
     PhaseHandle,
@@ -72,6 +74,14 @@ def capture_oom(
                              context, metadata)
 
 
+def generate_report(folder: str | None = None, suffix: str = DEFAULT_SUFFIX) -> ReportResult:
+    """The HTML audit of the default tracker's session (``Tracker.generate_report``)."""
+    tracker = default_tracker_or_none()
+    if tracker is None:
+        return _generate_report(folder, suffix)
+    return tracker.generate_report(folder, suffix)
+
+
 __all__ = [
     "ConfigError",
     "MemspanConfig",
@@ -90,6 +100,7 @@ __all__ = [
     "classify_oom_exception",
     "configure",
     "enter_phase",
+    "generate_report",
     "get_tracker",
     "phase",
     "shutdown",

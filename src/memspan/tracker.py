@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from opentelemetry import metrics, trace
 
+from memspan import environment_variables as ev
 from memspan import names
 from memspan.analysis.leak_watch import LeakWatcher
 from memspan.analysis.thresholds import LeakThresholds
@@ -42,6 +43,7 @@ from memspan.phase_export import FlushHook, PhaseExporter, install_flush_hook
 from memspan.phase_metrics import BYTE_BUCKETS, SECOND_BUCKETS, PhaseHistograms
 from memspan.phase_scope import PhaseScope
 from memspan.phase_span import PhaseSpan
+from memspan.report.builder import DEFAULT_SUFFIX, ReportResult, generate_report
 from memspan.resource import detected_rank
 from memspan.runtime import PhaseHandle
 from memspan.sampling.sampler import Sampler
@@ -88,6 +90,8 @@ class Tracker:
         self.ledger = ledger if ledger is not None else DropLedger()
         self._closed = False
         self._processors_seen: object = None
+        self._tracer_provider = tracer_provider or trace.get_tracer_provider()
+        self._meter_provider = meter_provider or metrics.get_meter_provider()
         tracer = trace.get_tracer(names.INSTRUMENTATION_NAME, __version__, tracer_provider,
                                   schema_url=names.SCHEMA_URL)
         meter = metrics.get_meter(names.INSTRUMENTATION_NAME, __version__, meter_provider,
@@ -232,6 +236,29 @@ class Tracker:
         """The path of the innermost phase running in the current context."""
         phase = self.phases.current()
         return phase.path_text if phase is not None else None
+
+    # -- reports -------------------------------------------------------------------------------
+    def generate_report(self, folder: str | None = None, suffix: str = DEFAULT_SUFFIX
+                        ) -> ReportResult:
+        """The HTML audit of this session so far (the seed's API): flushes this session's
+        phases and providers, then writes ``folder/YYYYMMDD_HHMMSS_{ENV}_{SUFFIX}.html`` (folder
+        default: ``configure(reports_dir=...)``, ``$MEMSPAN_REPORTS_DIR``,
+        ``$RAMFLOW_REPORTS_DIR``, ``.memory_audits``)."""
+        self.flush()
+        for provider in (self._tracer_provider, self._meter_provider):
+            force_flush = getattr(provider, "force_flush", None)
+            if force_flush is not None:
+                try:
+                    force_flush()
+                except Exception:
+                    _logger.debug("memspan: flushing before a report failed", exc_info=True)
+        configured = self.config.reports_dir
+        default = ev.variable(ev.MEMSPAN_REPORTS_DIR).check(
+            ev.variable(ev.MEMSPAN_REPORTS_DIR).default)
+        return generate_report(
+            folder, suffix, input_dir=self.config.output_dir, dump_dir=self.config.dump_dir,
+            reports_dir=configured if configured != default else None,
+            session=self.session_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def flush(self) -> int:
