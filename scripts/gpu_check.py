@@ -43,7 +43,8 @@ def check(name: str, function: Callable[[], str]) -> None:
 
 
 CHECKS = ("cuda OOM in nested phases", "NVML vs nvidia-smi", "allocator metrics vs torch",
-          "hw.id is the GPU UUID", "exact peak inside a phase", "ResNet-style step overhead")
+          "hw.id is the GPU UUID", "exact peak inside a phase", "ResNet-style step overhead",
+          "phase cost with CUDA initialised")
 
 
 def telemetry(config: Any) -> tuple[Any, Any, Any]:
@@ -248,6 +249,55 @@ def resnet_overhead() -> str:
     return f"step {base * 1e3:.2f} ms -> {inst * 1e3:.2f} ms with 3 phases: {overhead:+.2f} %"
 
 
+def phase_cost_on_cuda() -> str:
+    """Caller's-thread CPU per phase with CUDA initialised (two allocator stats reads per
+    phase) against a bare SDK span, side by side in alternating rounds."""
+    import torch
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    import memspan
+
+    class Null(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    torch.zeros(1, device="cuda")
+    bare_provider, phase_provider = TracerProvider(), TracerProvider()
+    for provider in (bare_provider, phase_provider):
+        provider.add_span_processor(BatchSpanProcessor(Null(), max_queue_size=1 << 16))
+    tracer = bare_provider.get_tracer("bench")
+    tracker = memspan.Tracker(tracer_provider=phase_provider,
+                              config=memspan.MemspanConfig(dump_dir=tempfile.mkdtemp()))
+    assert tracker.torch_source is not None and tracker.torch_source.initialized()
+
+    def bare(n: int) -> float:
+        started = time.thread_time()
+        for _ in range(n):
+            with tracer.start_as_current_span("phase"):
+                pass
+        return (time.thread_time() - started) / n
+
+    def phased(n: int) -> float:
+        started = time.thread_time()
+        for _ in range(n):
+            with tracker.phase("phase"):
+                pass
+        took = (time.thread_time() - started) / n
+        tracker.flush()
+        return took
+
+    bare_times, phase_times = [], []
+    for _ in range(7):
+        bare_times.append(bare(2000))
+        phase_times.append(phased(2000))
+    tracker.shutdown()
+    base, cost = statistics.median(bare_times), statistics.median(phase_times)
+    ratio = cost / base
+    assert ratio <= 1.2, f"{cost * 1e6:.1f} us per phase = {ratio:.2f}x a bare span ({base * 1e6:.1f} us)"
+    return f"{cost * 1e6:.1f} us per phase on the caller's thread = {ratio:.2f}x a bare span"
+
+
 def main() -> int:
     try:
         import torch
@@ -278,6 +328,7 @@ def main() -> int:
             report(CHECKS[3], "SKIP", "nvidia-smi is not on PATH")
         check(CHECKS[4], exact_peak)
         check(CHECKS[5], resnet_overhead)
+        check(CHECKS[6], phase_cost_on_cuda)
     finally:
         shutil.rmtree(dump_dir, ignore_errors=True)
     failed = [name for name, status, _ in RESULTS if status == "FAIL"]
