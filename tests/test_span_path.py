@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON as ALWAYS_ON_SAMPLER
 from opentelemetry.trace import NoOpTracerProvider
 
 from conftest import make_telemetry
@@ -200,3 +201,35 @@ def test_a_processor_added_later_switches_new_phases_to_sdk_spans() -> None:
         assert [s.name for s in exporter.get_finished_spans()] == ["later"]
     finally:
         tracker.shutdown()
+
+
+def test_the_default_sampler_shortcut_decides_as_the_sdk_would() -> None:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import DEFAULT_ON
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    from memspan.phase_core import follows_parent
+
+    assert follows_parent(DEFAULT_ON) and follows_parent(ParentBased(ALWAYS_ON_SAMPLER))
+    assert not follows_parent(ParentBased(TraceIdRatioBased(0.5)))
+    assert not follows_parent(ParentBased(ALWAYS_ON_SAMPLER, local_parent_not_sampled=ALWAYS_ON_SAMPLER))
+    t = make_telemetry()
+    try:
+        state = TraceState([("vendor", "x")])
+        for sampled in (True, False):  # a remote parent (propagated from another service)
+            remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_state=state,
+                                 trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else 0))
+            token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(remote)))
+            try:
+                with t.tracker.phase(f"child-{sampled}"):
+                    span = trace.get_current_span()
+                    context = span.get_span_context()
+                    assert context.trace_id == 0xABC and context.trace_state == state
+                    assert context.trace_flags.sampled is sampled
+                    assert span.is_recording() is sampled
+            finally:
+                otel_context.detach(token)
+        assert [s.name for s in t.finished()] == ["child-True"]
+    finally:
+        t.tracker.shutdown()

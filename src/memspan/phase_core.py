@@ -39,6 +39,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from memspan.attributes import clean_attributes
@@ -117,6 +118,7 @@ class PhaseCore:
         sdk = span_path.sdk_tracer
         if sdk is not None:
             self._sampler = sdk.sampler
+            self._follows_parent = follows_parent(sdk.sampler)
             self._ids = sdk.id_generator
             random_ids = getattr(self._ids, "is_trace_id_random", None)
             self._root_random = bool(random_ids()) if random_ids is not None else False
@@ -292,19 +294,28 @@ class PhaseCore:
             trace_id = parent_context.trace_id
             sampler_context = base
             random_id = bool(parent_context.trace_flags & _RANDOM)
-        result = self._sampler.should_sample(sampler_context, trace_id, phase.name,
-                                             SpanKind.INTERNAL, phase.attributes or None,
-                                             phase.links)
-        decision = result.decision
-        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT
+        if self._follows_parent:
+            # The SDK's default sampler, decided as it would: a root is sampled, a child
+            # follows its parent, the parent's trace state carries over.
+            sampled = parent_context is None or parent_context.trace_flags.sampled
+            trace_state = parent_context.trace_state if parent_context is not None else None
+            recording = sampled
+        else:
+            result = self._sampler.should_sample(sampler_context, trace_id, phase.name,
+                                                 SpanKind.INTERNAL, phase.attributes or None,
+                                                 phase.links)
+            sampled = result.decision.is_sampled()
+            recording = result.decision.is_recording()
+            trace_state = result.trace_state
+            if result.attributes and result.attributes != phase.attributes:
+                phase.sampling_attributes = result.attributes
+        flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
         if random_id:
             flags |= _RANDOM
         phase.span_context = SpanContext(trace_id, self._ids.generate_span_id(), False,
-                                         TraceFlags(flags), result.trace_state)
+                                         TraceFlags(flags), trace_state)
         phase.parent_span_context = parent_context
-        phase.recording = decision.is_recording()
-        if result.attributes:
-            phase.sampling_attributes = result.attributes
+        phase.recording = recording
         self._place_in_step(phase, is_root)
 
     def _start_sdk_span(self, phase: PhaseSpan, outer: Any, base: Context,
@@ -420,6 +431,20 @@ class PhaseCore:
             _logger.debug("memspan: phase spans now use the %s path (%s)", span_path.mode,
                           span_path.reason)
         self._bind(span_path)
+
+
+def follows_parent(sampler: Any) -> bool:
+    """Whether ``sampler`` is the SDK's default ``ParentBased(ALWAYS_ON)`` (exact type and
+    delegates), whose decision the hot path can take without the call: a root is sampled, a
+    child does what its parent did. Any other sampler is always called."""
+    if type(sampler) is not ParentBased:
+        return False
+    delegates = (getattr(sampler, "_root", None),
+                 getattr(sampler, "_remote_parent_sampled", None),
+                 getattr(sampler, "_remote_parent_not_sampled", None),
+                 getattr(sampler, "_local_parent_sampled", None),
+                 getattr(sampler, "_local_parent_not_sampled", None))
+    return delegates == (ALWAYS_ON, ALWAYS_ON, ALWAYS_OFF, ALWAYS_ON, ALWAYS_OFF)
 
 
 def _stale(phase: PhaseSpan) -> bool:
