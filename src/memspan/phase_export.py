@@ -29,7 +29,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections import OrderedDict, deque
@@ -47,6 +46,7 @@ from opentelemetry.util.types import AttributeValue
 from memspan import names
 from memspan.boundary import BoundaryReader
 from memspan.drops import CALLBACK_ERROR, PHASE_BUFFER_FULL, STEP_BUFFER_FULL, DropLedger
+from memspan.fork_safety import reset_in_forked_children
 from memspan.phase_metrics import PhaseHistograms, PhaseSample
 from memspan.phase_span import PhaseSpan
 from memspan.span_path import SDK, PassiveProcessor, SpanPath
@@ -106,7 +106,7 @@ class PhaseExporter:
         self._waiting: OrderedDict[int, StepTrace] = OrderedDict()
         self._waiting_phases = 0
         self._closed = False
-        _register_fork_handler(self)
+        reset_in_forked_children(self)
 
     # -- the caller's side ------------------------------------------------------------------
     def submit(self, phase: PhaseSpan) -> None:
@@ -485,16 +485,3 @@ def install_flush_hook(span_processor: Any, hook: FlushHook) -> None:
             span_processor._span_processors = (hook, *span_processor._span_processors)
         return
     span_processor.add_span_processor(hook)
-
-
-def _register_fork_handler(exporter: PhaseExporter) -> None:
-    if not hasattr(os, "register_at_fork"):
-        return
-    ref = weakref.ref(exporter)
-
-    def after_in_child() -> None:
-        target = ref()
-        if target is not None:
-            target._after_fork_in_child()
-
-    os.register_at_fork(after_in_child=after_in_child)

@@ -17,7 +17,7 @@ import functools
 import inspect
 import sys
 from collections.abc import AsyncGenerator, Generator, Mapping
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from opentelemetry import trace
@@ -48,12 +48,15 @@ class PhaseScope:
         self._state = _NEW
 
     def __enter__(self) -> PhaseScope:
+        return self._enter(sys._getframe(1))
+
+    def _enter(self, frame: FrameType) -> PhaseScope:
+        """Open the phase; ``frame`` is the block's (a generator's frame marks the phase)."""
         if self._state != _NEW:
             raise PhaseProtocolError(
                 f"phase {self._name!r} is already entered; create one phase() per with-block"
             )
-        phase = self._core.open(self._name, self._attributes, self._trace_root,
-                                sys._getframe(1))
+        phase = self._core.open(self._name, self._attributes, self._trace_root, frame)
         self._phase = phase
         self._state = _OPEN if phase is not None else _FAILED
         return self
@@ -72,15 +75,7 @@ class PhaseScope:
             self._core.close(phase, exc)
 
     async def __aenter__(self) -> PhaseScope:
-        if self._state != _NEW:
-            raise PhaseProtocolError(
-                f"phase {self._name!r} is already entered; create one phase() per with-block"
-            )
-        phase = self._core.open(self._name, self._attributes, self._trace_root,
-                                sys._getframe(1))
-        self._phase = phase
-        self._state = _OPEN if phase is not None else _FAILED
-        return self
+        return self._enter(sys._getframe(1))
 
     async def __aexit__(
         self,

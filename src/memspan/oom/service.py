@@ -443,20 +443,15 @@ def enclosing_non_phase_span(phase: PhaseSpan) -> trace.Span | None:
 def oom_event_attributes(c: OOMExceptionClassification, result: DumpResult) -> dict[str, Any]:
     attributes: dict[str, Any] = {names.OOM_KIND: c.kind or "unknown",
                                   names.OOM_REASON: c.reason or "unknown"}
-    if c.requested_bytes is not None:
-        attributes[names.OOM_REQUESTED_BYTES] = c.requested_bytes
-    if c.device is not None:
-        attributes[names.OOM_DEVICE] = c.device
-    if c.device_free_bytes is not None:
-        attributes[names.OOM_DEVICE_FREE_BYTES] = c.device_free_bytes
-    if c.device_total_bytes is not None:
-        attributes[names.OOM_DEVICE_TOTAL_BYTES] = c.device_total_bytes
-    if c.allocated_bytes is not None:
-        attributes[names.OOM_ALLOCATED_BYTES] = c.allocated_bytes
-    if c.reserved_unallocated_bytes is not None:
-        attributes[names.OOM_RESERVED_UNALLOCATED_BYTES] = c.reserved_unallocated_bytes
-    if c.suggestion is not None:
-        attributes[names.OOM_SUGGESTION] = c.suggestion
+    for key, value in ((names.OOM_REQUESTED_BYTES, c.requested_bytes),
+                       (names.OOM_DEVICE, c.device),
+                       (names.OOM_DEVICE_FREE_BYTES, c.device_free_bytes),
+                       (names.OOM_DEVICE_TOTAL_BYTES, c.device_total_bytes),
+                       (names.OOM_ALLOCATED_BYTES, c.allocated_bytes),
+                       (names.OOM_RESERVED_UNALLOCATED_BYTES, c.reserved_unallocated_bytes),
+                       (names.OOM_SUGGESTION, c.suggestion)):
+        if value is not None:
+            attributes[key] = value
     if result.path is not None:
         attributes[names.OOM_DUMP_PATH] = result.path
         attributes[names.FILE_PATH] = result.path
