@@ -201,7 +201,8 @@ class PhaseCore:
                           sequence, self.session_id, self.rank)
         if user:
             phase.attributes = user
-        phase.auto = auto
+        if auto:
+            phase.auto = True
         if frame is not None and frame.f_code.co_flags & _GENERATOR_FLAGS:
             phase.gen_frame = frame
         outer = base.get(_SPAN_KEY)
@@ -356,7 +357,8 @@ class PhaseCore:
         self._restore_context(phase, unwinding=error is not None)
         phase.end_ns = end_ns
         phase.closed = True
-        phase.gen_frame = None
+        if phase.gen_frame is not None:
+            phase.gen_frame = None
         if self._sync and phase.sdk_span is None:
             self.exporter.submit(phase)
             self.exporter.drain()

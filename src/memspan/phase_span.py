@@ -48,32 +48,40 @@ RawEvent = tuple[str, Mapping[str, AttributeValue], int]
 class PhaseSpan(OpenScope, trace.Span):
     """One phase from entry to export (see the module docstring)."""
 
+    # Fields every phase sets are slots; fields most phases never set are class-level
+    # defaults, written (into a lazily created instance dict) only when they differ.
     __slots__ = (
-        "auto",
-        "dissolved",
+        "__dict__",
         "end_ns",
         "entry",
-        "error",
-        "events",
         "exit",
-        "extra_attributes",
-        "gen_frame",
-        "links",
-        "misnested",
-        "oom",
-        "outer_span",
         "parent_span_context",
         "recording",
-        "sampling_attributes",
-        "sdk_span",
         "span_context",
         "start_ns",
-        "status",
         "step",
-        "trace_root",
     )
 
     parent: PhaseSpan | None  # narrowed from OpenScope: a phase's parent is a phase
+    #: the span that was current when the phase opened, when it is another instrumentation's
+    outer_span: trace.Span | None = None
+    links: Sequence[Link] = ()
+    trace_root = False
+    sampling_attributes: Attributes = None
+    #: the ordinary SDK span of this phase (``sdk`` span path only)
+    sdk_span: trace.Span | None = None
+    extra_attributes: dict[str, AttributeValue] | None = None
+    events: list[RawEvent] | None = None
+    status: Status | None = None
+    error: str | None = None
+    oom = False
+    misnested: str | None = None
+    #: opened by auto-instrumentation (torch hooks), not by the user's code
+    auto = False
+    #: an auto phase whose place a user phase of the same name took: never exported
+    dissolved = False
+    #: the generator frame that opened the phase, while it is open
+    gen_frame: FrameType | None = None
 
     def __init__(self, name: str, path: tuple[str, ...], path_text: str,
                  parent: PhaseSpan | None, scope_id: str, sequence: int, session_id: str,
@@ -89,35 +97,16 @@ class PhaseSpan(OpenScope, trace.Span):
         self.session_id = session_id
         self.rank = rank
         self.generation = 0
-        self.thread = threading.current_thread()
-        self.thread_id = self.thread.ident or 0
+        self.thread = thread = threading.current_thread()
+        self.thread_id = thread.ident or 0
         self.closed = False
         self.attributes = _NO_ATTRIBUTES
         self.context_token: Token[Context] | None = None
-        #: the span that was current when the phase opened (a phase or another
-        #: instrumentation's span), if any
-        self.outer_span: trace.Span | None = None
-        # the span
+        # the span and the figures
         self.span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
         self.parent_span_context: SpanContext | None = None
-        self.links: Sequence[Link] = ()
         self.recording = False
-        self.trace_root = False
         self.step: StepTrace | None = None
-        self.sampling_attributes: Attributes = None
-        self.sdk_span: trace.Span | None = None
-        self.extra_attributes: dict[str, AttributeValue] | None = None
-        self.events: list[RawEvent] | None = None
-        self.status: Status | None = None
-        self.error: str | None = None
-        self.oom = False
-        self.misnested: str | None = None
-        #: opened by auto-instrumentation (torch hooks), not by the user's code
-        self.auto = False
-        #: an auto phase whose place a user phase of the same name took: never exported
-        self.dissolved = False
-        self.gen_frame: FrameType | None = None
-        # figures and times
         self.start_ns = 0
         self.end_ns = 0
         self.entry: EntryFigures | None = None
