@@ -2,7 +2,7 @@
 
 The caller's thread hands each finished :class:`~memspan.phase_span.PhaseSpan` to
 :meth:`PhaseExporter.submit` (one bounded append). A worker thread drains the buffer every
-``interval_s`` (sooner when it is half full) and, for each phase in the order they ended:
+``interval_s`` (sooner when it is a quarter full) and, for each phase in the order they ended:
 
 1. routes it through step sampling (phases of an undecided step wait for their root);
 2. tells the listeners (flight-recorder ring, leak watch), which may add events to it;
@@ -78,7 +78,7 @@ class PhaseExporter:
         ledger: DropLedger,
         *,
         interval_s: float = 0.1,
-        max_pending: int = 16_384,
+        max_pending: int = 8192,
         max_step_phases: int = 65_536,
         max_open_steps: int = 1024,
     ) -> None:
@@ -95,7 +95,7 @@ class PhaseExporter:
         #: called by the worker before each drain (the tracker re-checks the span path)
         self.before_drain: Callable[[], object] | None = None
         self._pending: deque[PhaseSpan] = deque()
-        self._wake_at = max(1, max_pending // 2)
+        self._wake_at = max(1, max_pending // 4)
         self._drain_lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
