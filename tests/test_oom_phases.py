@@ -312,3 +312,23 @@ def test_a_forked_child_never_writes_the_parents_breadcrumbs(telemetry_factory, 
     os.waitpid(pid, 0)
     assert Path(writer.path).read_text() == before
     assert [p.name for p in (tmp_path / ".breadcrumbs").iterdir()] == [Path(writer.path).name]
+
+
+def test_phase_end_ring_events_stay_within_their_declared_size(telemetry: Telemetry) -> None:
+    from memspan.oom.service import _PHASE_EVENT_BYTES
+
+    tracker = telemetry.tracker
+    try:
+        with tracker.phase("a" * 300), tracker.phase("step"):
+            raise KeyboardInterrupt("an error name on the event")
+    except KeyboardInterrupt:
+        pass
+    tracker.flush()
+    events = [e for e in tracker.flight_recorder.recorder.ring.snapshot()
+              if e.get("type") == "phase_end"]
+    assert len(events) == 2
+    for event in events:
+        payload = {k: v for k, v in event.items() if k not in ("seq", "ts")}
+        bound = (_PHASE_EVENT_BYTES + len(event["path"]) + len(event["scope_id"])
+                 + len(event.get("error", "")))
+        assert len(json.dumps(payload, separators=(",", ":"))) <= bound

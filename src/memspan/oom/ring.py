@@ -114,10 +114,15 @@ class EventRing:
         """Record a copy of ``event`` (the caller may reuse its dict)."""
         self.record_owned(dict(event))
 
-    def record_owned(self, payload: dict[str, Any]) -> None:
-        """Record ``payload`` itself: the caller hands it over and never touches it again."""
+    def record_owned(self, payload: dict[str, Any], size: int | None = None) -> None:
+        """Record ``payload`` itself: the caller hands it over and never touches it again.
+
+        ``size``: the caller's bound on the payload's JSON size, for fixed-shape events
+        (it saves the estimate); it must not be below the real size.
+        """
         event: Mapping[str, Any] = payload
-        size = estimate_size(payload)
+        if size is None:
+            size = estimate_size(payload)
         if size > self.max_bytes_per_event:
             payload, size = self._shrink(event)
         is_sample = payload.get("type") == _SAMPLE

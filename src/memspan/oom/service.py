@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from memspan.phase_span import PhaseSpan
 
 _logger = logging.getLogger(__name__)
+#: a bound on a phase_end ring event's JSON size, path, scope id and error name excepted
+_PHASE_EVENT_BYTES = 14 * 48
 _HANDLED = "__memspan_oom_handled__"
 _handled_ids: collections.deque[int] = collections.deque(maxlen=256)
 
@@ -210,7 +212,10 @@ class FlightRecorderService:
                     event[short] = value
         if phase.error is not None:
             event["error"] = phase.error
-        self.recorder.ring.record_owned(event)
+        # fixed shape: at most 14 keys of short names with numbers, plus the path and ids
+        self.recorder.ring.record_owned(
+            event, _PHASE_EVENT_BYTES + len(phase.path_text) + len(phase.scope_id)
+            + len(phase.error or ""))
         if self.breadcrumbs is not None:
             self.breadcrumbs.flush()
 
