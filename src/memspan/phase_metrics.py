@@ -16,7 +16,6 @@ costs only allocations).
 from __future__ import annotations
 
 import logging
-import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
@@ -113,8 +112,7 @@ class DirectAggregation:
         self._histogram = histogram
         self._series: dict[tuple[Any, ...], list[Any]] = {}
         self._storages: object = None
-        self._usable = _measurement_type is not None and hasattr(
-            histogram, "_measurement_consumer")
+        self._usable = hasattr(histogram, "_measurement_consumer")
 
     def record(self, value: float, attributes: dict[str, Any]) -> None:
         if not self._usable:
@@ -135,9 +133,7 @@ class DirectAggregation:
                     self._series.clear()
                 self._series[key] = found
             return
-        assert _measurement_type is not None
-        measurement = _measurement_type(value, time.time_ns(), self._histogram,  # type: ignore[arg-type]
-                                        _EMPTY, None)
+        measurement = _Recorded(value, self._histogram)
         for aggregation in aggregations:
             aggregation.aggregate(measurement, False)
 
@@ -165,6 +161,20 @@ class DirectAggregation:
             return None
 
 
+class _Recorded:
+    """What an SDK aggregation reads of a measurement it is told not to sample as an
+    exemplar (the value; the rest is there for the measurement's shape)."""
+
+    __slots__ = ("attributes", "context", "instrument", "time_unix_nano", "value")
+
+    def __init__(self, value: float, instrument: Histogram) -> None:
+        self.value = value
+        self.time_unix_nano = 0
+        self.instrument = instrument
+        self.context = _EMPTY
+        self.attributes = None
+
+
 def _series_keys(attributes: dict[str, Any]) -> list[Any]:
     """The aggregation keys SDK releases use for an attribute set (newest first)."""
     keys: list[Any] = []
@@ -175,10 +185,6 @@ def _series_keys(attributes: dict[str, Any]) -> list[Any]:
 
 
 try:  # SDK internals, used only as DirectAggregation describes
-    from opentelemetry.sdk.metrics._internal.measurement import Measurement as _measurement_type
-except ImportError:  # pragma: no cover
-    _measurement_type = None  # type: ignore[assignment,misc]
-try:
     from opentelemetry.sdk.metrics._internal._view_instrument_match import (
         _hash_attributes,
     )

@@ -76,8 +76,40 @@ def run(provider: TracerProvider, exporter: InMemorySpanExporter,
     return {"mode": tracker.span_path.mode, "spans": sorted(out, key=lambda s: str(s["name"]))}
 
 
+def histograms_match() -> bool:
+    """Phase histograms recorded in batches equal the SDK's own record() on this release."""
+    import random
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from memspan.phase_metrics import BYTE_BUCKETS, SECOND_BUCKETS, PhaseHistograms
+
+    rng = random.Random(7)
+    samples = [(rng.random(), rng.randrange(1 << 30), rng.choice("ab"), "host", None)
+               for _ in range(500)]
+    figures = []
+    for direct in (True, False):
+        reader = InMemoryMetricReader()
+        meter = MeterProvider(metric_readers=[reader]).get_meter("t")
+        histograms = PhaseHistograms(
+            meter.create_histogram("d", explicit_bucket_boundaries_advisory=SECOND_BUCKETS),
+            meter.create_histogram("p", explicit_bucket_boundaries_advisory=BYTE_BUCKETS),
+            direct=direct)
+        histograms.record_batch(samples)
+        histograms.record_batch(samples)
+        data = reader.get_metrics_data()
+        assert data is not None
+        figures.append(sorted(
+            (m.name, tuple(sorted(p.attributes.items())), p.count, tuple(p.bucket_counts),
+             round(p.sum, 6)) for rm in data.resource_metrics for sm in rm.scope_metrics
+            for m in sm.metrics for p in m.data.data_points))
+    return figures[0] == figures[1]
+
+
 def main() -> None:
-    results: dict[str, Any] = {"api": api_version, "python": sys.version.split()[0]}
+    results: dict[str, Any] = {"api": api_version, "python": sys.version.split()[0],
+                               "histograms_match": histograms_match()}
     for label, with_start, broken in (("plain", False, False), ("on_start", True, False),
                                       ("missing_internals", False, True)):
         exporter = InMemorySpanExporter()

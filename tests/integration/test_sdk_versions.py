@@ -53,6 +53,7 @@ def test_phase_spans_on_both_ends_of_the_supported_sdk_range(end: str) -> None:
     result = probe(python)
     if end == "oldest":
         assert result["api"] == "1.44.0"
+    assert result["histograms_match"]  # batch recording equals the SDK's record() here
     expected_modes = {"plain": "deferred", "on_start": "sdk", "missing_internals": "sdk"}
     for label, mode in expected_modes.items():
         run = result[label]
