@@ -17,7 +17,7 @@ def test_gpu_check_skips_cleanly_without_a_gpu() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if line.split(" ", 1)[0] in
              {"PASS", "FAIL", "SKIP"}]
-    assert len(lines) == 6
+    assert len(lines) == 7
     if not torch.cuda.is_available():
         assert all(line.startswith("SKIP") for line in lines)
         assert "no CUDA device here" in lines[0]
