@@ -63,6 +63,19 @@ def make_telemetry(**tracker_kwargs: Any) -> Telemetry:
     return Telemetry(tracker, exporter, reader, tracer_provider)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_otel_context() -> Iterator[None]:
+    """Each test starts with an empty OpenTelemetry context and leaves none behind (a test of
+    a phase closed on another thread leaves the opener's context pointing at it, by design)."""
+    from opentelemetry import context as otel_context
+    from opentelemetry.context import Context
+
+    token = otel_context.attach(Context())
+    yield
+
+    otel_context._RUNTIME_CONTEXT._current_context.reset(token)  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def telemetry() -> Iterator[Telemetry]:
     t = make_telemetry()

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from conftest import Telemetry
+from conftest import Telemetry, make_telemetry
 from memspan import MemspanConfig, names
 from memspan.step_sampling import StepSampler, StepSamplingConfig
+
+
+@pytest.fixture(params=["deferred", "sdk"])
+def telemetry(request: pytest.FixtureRequest) -> Iterator[Telemetry]:
+    """Every test here runs on both span paths: spans built off the caller's thread, and
+    ordinary SDK spans (the fallback)."""
+    t = make_telemetry(config=MemspanConfig(span_mode=request.param))
+    assert t.tracker.span_path.mode == request.param
+    yield t
+    t.tracker.shutdown()
+
 
 
 def _by_name(telemetry: Telemetry, name: str) -> list[Any]:

@@ -322,6 +322,8 @@ class PhaseCore:
     def _start_sdk_span(self, phase: PhaseSpan, outer: Any, base: Context,
                         is_root: bool) -> trace.Span:
         parent_context, is_root = self._span_parent(phase, outer, is_root)
+        if is_root:
+            phase.trace_root = True  # a start attribute
         span = self.span_path.tracer.start_span(
             phase.name, context=_EMPTY if parent_context is None else base,
             kind=SpanKind.INTERNAL, attributes=start_attributes(phase), links=phase.links,

@@ -338,7 +338,12 @@ class PhaseExporter:
             return False
         try:
             attributes: dict[str, Any] = {}
-            add_exit_attributes(phase, attributes, None)
+            if phase.entry is not None:  # read after the SDK span started
+                BoundaryReader.entry_attributes(phase.entry, attributes)
+            step = phase.step
+            add_exit_attributes(phase, attributes,
+                                step.decision if step is not None and phase is step.root
+                                else None)
             span.set_attributes(attributes)
             for name, event_attributes, timestamp in phase.events or ():
                 span.add_event(name, event_attributes, timestamp)
