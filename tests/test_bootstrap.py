@@ -183,3 +183,33 @@ def test_counting_processor_reads_this_sdk_and_warns_once_when_it_cannot(
             blind.shutdown()
     assert len(caplog.records) == 1
     assert "not counted in memspan.recorder.dropped" in caplog.records[0].getMessage()
+
+
+def test_shutdown_flushes_global_providers_it_did_not_install_and_leaves_them_running(
+        tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        import memspan
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=600_000))
+        trace.set_tracer_provider(provider)
+        memspan.configure(quiet=True)
+        with memspan.phase("work"):
+            pass
+        memspan.shutdown()
+        print("after shutdown:", [s.name for s in exporter.get_finished_spans()])
+        with trace.get_tracer("app").start_as_current_span("still-running"):
+            pass
+        provider.force_flush()
+        print("provider alive:", "still-running" in [s.name for s in exporter.get_finished_spans()])
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
+                            capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "after shutdown: ['work']" in result.stdout
+    assert "provider alive: True" in result.stdout

@@ -328,7 +328,10 @@ def shutdown(timeout_s: float = 5.0) -> bool:
         if tracker is None:
             return True
         set_default_tracker(None)
-        return tracker.shutdown(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        tracker.prepare_final_export(timeout_s)
+        flushed = tracker.flush_providers(_left(deadline))  # someone else's: flushed, not stopped
+        return tracker.shutdown(_left(deadline)) and flushed
     return shutdown_installation(installation, timeout_s)
 
 
@@ -363,6 +366,8 @@ def shutdown_installation(installation: Installation, timeout_s: float) -> bool:
     # Flush while the observable callbacks still answer, so the last figures are exported.
     for provider in owned:
         finished = _within(_left(deadline), provider.force_flush) and finished
+    if not owned:  # global providers someone else installed: flushed, never stopped
+        finished = tracker.flush_providers(_left(deadline)) and finished
     finished = tracker.shutdown(_left(deadline)) and finished
     return shutdown_providers(owned, _left(deadline)) and finished
 

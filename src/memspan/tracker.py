@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -244,14 +245,7 @@ class Tracker:
         phases and providers, then writes ``folder/YYYYMMDD_HHMMSS_{ENV}_{SUFFIX}.html`` (folder
         default: ``configure(reports_dir=...)``, ``$MEMSPAN_REPORTS_DIR``,
         ``$RAMFLOW_REPORTS_DIR``, ``.memory_audits``)."""
-        self.flush()
-        for provider in (self._tracer_provider, self._meter_provider):
-            force_flush = getattr(provider, "force_flush", None)
-            if force_flush is not None:
-                try:
-                    force_flush()
-                except Exception:
-                    _logger.debug("memspan: flushing before a report failed", exc_info=True)
+        self.flush_providers()
         configured = self.config.reports_dir
         default = ev.variable(ev.MEMSPAN_REPORTS_DIR).check(
             ev.variable(ev.MEMSPAN_REPORTS_DIR).default)
@@ -264,6 +258,24 @@ class Tracker:
     def flush(self) -> int:
         """Deliver every finished phase to the span processors and histograms now."""
         return self.exporter.drain()
+
+    def flush_providers(self, timeout_s: float = 5.0) -> bool:
+        """Deliver pending phases, then force-flush the tracer and meter providers this session
+        reports to (theirs or memspan's); True when both finished within ``timeout_s``."""
+        self.flush()
+        deadline = time.monotonic() + timeout_s
+        finished = True
+        for provider in (self._tracer_provider, self._meter_provider):
+            force_flush = getattr(provider, "force_flush", None)
+            if force_flush is None:
+                continue
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                finished = bool(force_flush(int(left * 1000))) and finished
+            except Exception:
+                _logger.debug("memspan: flushing the providers failed", exc_info=True)
+                finished = False
+        return finished
 
     def prepare_final_export(self, timeout_s: float = 5.0) -> bool:
         """Stop sampling, take one last sample and deliver pending phases.
