@@ -32,6 +32,7 @@ PHASE_MISNESTED: Final = "phase_misnested"
 PHASE_BUFFER_FULL: Final = "phase_buffer_full"
 PHASE_PATH_TRUNCATED: Final = "phase_path_truncated"
 STEP_BUFFER_FULL: Final = "step_buffer_full"
+LISTENER_ERROR: Final = "listener_error"
 
 
 class DropLedger:

@@ -53,12 +53,6 @@ _logger = logging.getLogger(__name__)
 _HANDLED = "__memspan_oom_handled__"
 _handled_ids: collections.deque[int] = collections.deque(maxlen=256)
 
-_COUNTER_EVENTS = {
-    names.TORCH_ALLOC_RETRIES: EventType.ALLOC_RETRY,
-    names.TORCH_OOMS: EventType.ALLOCATOR_OOM,
-    names.CGROUP_OOM_KILLS: EventType.CGROUP_OOM_KILL,
-}
-
 
 def mark_handled(error: BaseException) -> None:
     try:
@@ -216,7 +210,7 @@ class FlightRecorderService:
 
     def on_sample(self, readings: Sequence[Reading], increases: Sequence[CounterIncrease]) -> None:
         for increase in increases:
-            event_type = _COUNTER_EVENTS.get(increase.metric)
+            event_type = self.sampler.catalogue.counter_events.get(increase.metric)
             if event_type is not None:
                 self.recorder.record_event({
                     "type": event_type.value, "metric": increase.metric,
