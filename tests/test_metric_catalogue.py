@@ -8,6 +8,7 @@ and cadence.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,9 +151,9 @@ def test_every_reader_takes_its_column_from_the_catalogue() -> None:
 
 def test_the_catalogue_refuses_a_name_declared_twice_differently() -> None:
     clash = MetricRow(names.PROCESS_MEMORY_USAGE, InstrumentKind.GAUGE, "By", "other meaning")
-    with pytest.raises(ValueError, match="process.memory.usage"):
+    with pytest.raises(ValueError, match=re.escape(names.PROCESS_MEMORY_USAGE)):
         MetricCatalogue.for_sources(STANDARD_SOURCES, [clash_source(clash)])
-    with pytest.raises(KeyError, match="fakepool.unknown"):
+    with pytest.raises(KeyError, match=re.escape("fakepool.unknown")):
         MetricCatalogue.for_sources(STANDARD_SOURCES).row("fakepool.unknown")
 
 

@@ -73,7 +73,12 @@ def _hex_ids(span: trace.Span) -> tuple[str | None, str | None]:
 
 
 def phase_stack(scope: OpenScope | None) -> list[dict[str, Any]]:
-    """The open phases from the outermost to ``scope``, each with its user attributes."""
+    """The open phases from the outermost to ``scope``, each with its user attributes.
+
+    Walks the live parent links; :func:`memspan.launcher.breadcrumb_bundles.open_phases`
+    rebuilds the same stack (``name``, ``path``, ``scope_id``) from breadcrumb events when only
+    those survive (a SIGKILLed child).
+    """
     stack = []
     node = scope
     while node is not None:

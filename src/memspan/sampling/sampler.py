@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from memspan import names
 from memspan.drops import LISTENER_ERROR, SOURCE_ERROR, DropLedger
 from memspan.metric_catalogue import Cadence, MetricCatalogue, source_cadence
 from memspan.sampling.history import MaxHistory
@@ -249,8 +250,8 @@ class Sampler:
             slot.warned = True
             _logger.warning(
                 "memspan: memory source %r failed (%s: %s); it is marked degraded and its "
-                "failures are counted in memspan.recorder.dropped",
-                slot.source.name, type(error).__name__, error,
+                "failures are counted in %s",
+                slot.source.name, type(error).__name__, error, names.RECORDER_DROPPED,
             )
         if slot.failures >= MAX_CONSECUTIVE_FAILURES:
             slot.disabled = True
