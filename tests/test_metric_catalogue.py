@@ -170,3 +170,17 @@ def clash_source(row: MetricRow) -> object:
         metrics = (row,)
 
     return Clash()
+
+
+def test_a_collection_drains_finished_phases_before_reading_histograms(telemetry) -> None:  # type: ignore[no-untyped-def]
+    """The drop counter's callback drains finished phases first (no flush, no worker tick)."""
+    t = telemetry
+    t.tracker.exporter.shutdown()  # no worker: only the collection can drain
+    with t.tracker.phase("collected"):
+        pass
+    data = t.reader.get_metrics_data()  # a plain collection, not Telemetry.metrics()
+    durations = [p for rm in data.resource_metrics for sm in rm.scope_metrics
+                 for m in sm.metrics if m.name == names.PHASE_DURATION
+                 for p in m.data.data_points]
+    assert [p.count for p in durations
+            if p.attributes.get(names.PHASE_PATH) == "collected"] == [1]
