@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from memspan.metric_catalogue import Cadence, MetricRow
 from memspan.sources.base import DeviceIdentity, Reading, SourceStatus
 
 
 class ScriptedSource:
     def __init__(self, name: str = "scripted", readings: Sequence[Reading] = (),
-                 error: Exception | None = None) -> None:
+                 error: Exception | None = None, cadence: Cadence = Cadence.FAST,
+                 metrics: Sequence[MetricRow] = ()) -> None:
         self.name = name
+        self.cadence = cadence
+        self.metrics = tuple(metrics)
         self.readings = list(readings)
         self.error = error
         self.samples = 0

@@ -30,10 +30,24 @@ def test_enter_and_exit_return_tokens_and_boundaries() -> None:
 
 def test_enter_phase_and_exit_phase_by_scope_id() -> None:
     recorder = PhaseRecorder()
-    boundary = recorder.enter_phase(session_id="s", rank=1, name="eval", metadata={"k": 1})
+    outer = recorder.enter_phase(session_id="s", rank=1, name="eval")
+    boundary = recorder.enter_phase(session_id="s", rank=1, name="batch", metadata={"k": 1})
+    assert boundary.event_type == "phase_start" and boundary.metadata["attrs"] == {"k": 1}
+    current = recorder.current()
+    assert current is not None and current.scope_id == boundary.scope_id
     closed = recorder.exit_phase(session_id="s", rank=1, scope_id=boundary.scope_id,
                                  thread_id=threading.get_ident())
-    assert closed.scope_id == boundary.scope_id
+    assert closed.event_type == "phase_end" and closed.scope_id == boundary.scope_id
+    # the phase is really closed: the enclosing phase is current again, a new phase nests
+    # under it (not under the closed one), and closing it twice is a protocol error
+    current = recorder.current()
+    assert current is not None and current.scope_id == outer.scope_id
+    sibling = recorder.enter_phase(session_id="s", rank=1, name="batch")
+    assert sibling.path == ("eval", "batch")
+    assert sibling.metadata["parent_scope_id"] == outer.scope_id
+    with pytest.raises(PhaseProtocolError, match=r"already closed"):
+        recorder.exit_phase(session_id="s", rank=1, scope_id=boundary.scope_id,
+                            thread_id=threading.get_ident())
 
 
 def test_exit_twice_is_a_protocol_error() -> None:

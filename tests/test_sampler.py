@@ -12,6 +12,7 @@ import pytest
 from conftest import Telemetry
 from fakes import FakeCudaApi
 from memspan import MemspanConfig, names
+from memspan.metric_catalogue import Cadence
 from memspan.sampling import Sampler
 from memspan.sources import CgroupMemorySource, HostMemorySource, Reading, TorchAllocatorSource
 from scripted import ScriptedSource
@@ -143,7 +144,8 @@ def test_counter_increases_reach_listeners() -> None:
 
 def test_thread_samples_at_a_fixed_rate_and_stops_by_its_deadline() -> None:
     source = ScriptedSource("s", [Reading(names.CGROUP_MEMORY_USAGE, 1)])
-    slow = ScriptedSource("nvml", [Reading(names.GPU_UTILIZATION, 0.5, GPU0)])
+    slow = ScriptedSource("nvml", [Reading(names.GPU_UTILIZATION, 0.5, GPU0)],
+                          cadence=Cadence.SLOW)
     sampler = Sampler([source, slow], interval_s=0.02, slow_interval_s=0.2)
     sampler.start()
     time.sleep(0.5)

@@ -40,14 +40,23 @@ def test_host_rss_sees_an_allocation() -> None:
     del block
 
 
-def test_host_source_without_proc_is_unavailable(tmp_path: Path) -> None:
-    source = HostMemorySource(proc_root=str(tmp_path))
+def _psutil_installed() -> bool:
     try:
         import psutil  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
-        assert source.rss_bytes() is None
-        assert source.sample() == ()
-        assert not source.probe().available
+        return False
+    return True
+
+
+@pytest.mark.skipif(_psutil_installed(),
+                    reason="psutil is installed: without /proc the source falls back to it")
+def test_host_source_without_proc_is_unavailable(tmp_path: Path) -> None:
+    source = HostMemorySource(proc_root=str(tmp_path))
+    assert source.rss_bytes() is None
+    assert source.sample() == ()
+    status = source.probe()
+    assert not status.available
+    assert str(tmp_path) in status.reason and "psutil" in status.reason
 
 
 # -- cgroup ----------------------------------------------------------------------------------

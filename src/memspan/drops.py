@@ -12,6 +12,8 @@ import logging
 import threading
 from typing import Final
 
+from memspan import names
+
 _logger = logging.getLogger("memspan")
 
 RING_OVERFLOW: Final = "ring_overflow"
@@ -32,6 +34,8 @@ PHASE_MISNESTED: Final = "phase_misnested"
 PHASE_BUFFER_FULL: Final = "phase_buffer_full"
 PHASE_PATH_TRUNCATED: Final = "phase_path_truncated"
 STEP_BUFFER_FULL: Final = "step_buffer_full"
+LISTENER_ERROR: Final = "listener_error"
+LEAK_WATCH_PATHS: Final = "leak_watch_paths"
 
 
 class DropLedger:
@@ -49,8 +53,8 @@ class DropLedger:
             if first:
                 self._warned.add(reason)
         if first and warning:
-            _logger.warning("memspan: %s (further occurrences are only counted in "
-                            "memspan.recorder.dropped{memspan.reason=%s})", warning, reason)
+            _logger.warning("memspan: %s (further occurrences are only counted in %s{%s=%s})",
+                            warning, names.RECORDER_DROPPED, names.DROP_REASON, reason)
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from memspan import names
+
 Kind = Literal["seconds", "mib", "int", "bytes", "ratio", "bool", "path", "text", "url", "choice"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -267,14 +269,14 @@ MEMSPAN_AUTO_PHASES: Final = _declare(
     "DataLoader iteration", setting="auto_phases")
 MEMSPAN_RSS_METRIC: Final = _declare(
     "MEMSPAN_RSS_METRIC", "bool", True,
-    "emit `process.memory.usage` (turn off when the system-metrics instrumentation does)",
+    f"emit `{names.PROCESS_MEMORY_USAGE}` (turn off when the system-metrics instrumentation does)",
     setting="rss_metric")
 MEMSPAN_REPORTS_DIR: Final = _declare(
     "MEMSPAN_REPORTS_DIR", "path", ".memory_audits", "directory of HTML audit reports",
     setting="reports_dir")
 MEMSPAN_JOB_ID: Final = _declare(
     "MEMSPAN_JOB_ID", "text", None,
-    "the `memspan.job.id` resource attribute (else `TORCHELASTIC_RUN_ID` or `SLURM_JOB_ID`)",
+    f"the `{names.JOB_ID}` resource attribute (else `TORCHELASTIC_RUN_ID` or `SLURM_JOB_ID`)",
     setting="job_id")
 MEMSPAN_QUIET: Final = _declare(
     "MEMSPAN_QUIET", "bool", False,
@@ -384,7 +386,7 @@ OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: Final = _declare(
     "to the providers it builds, where the SDK's default is unlimited",
     minimum=1, maximum=_INT32, external=True)
 OTEL_SERVICE_NAME: Final = _declare(
-    "OTEL_SERVICE_NAME", "text", None, "the `service.name` resource attribute", external=True)
+    "OTEL_SERVICE_NAME", "text", None, f"the `{names.SERVICE_NAME}` resource attribute", external=True)
 
 # -- launcher variables the resource detector reads -------------------------------------------
 RANK: Final = _declare("RANK", "int", None, "rank (torchrun)", minimum=0, maximum=_INT32,
@@ -409,10 +411,10 @@ SLURM_LOCALID: Final = _declare("SLURM_LOCALID", "int", None, "local rank (Slurm
 SLURM_NTASKS: Final = _declare("SLURM_NTASKS", "int", None, "ranks in the job (Slurm)",
                                minimum=1, maximum=_INT32, external=True)
 TORCHELASTIC_RUN_ID: Final = _declare(
-    "TORCHELASTIC_RUN_ID", "text", None, "job id (torchrun), the `memspan.job.id` fallback",
+    "TORCHELASTIC_RUN_ID", "text", None, f"job id (torchrun), the `{names.JOB_ID}` fallback",
     external=True)
 SLURM_JOB_ID: Final = _declare(
-    "SLURM_JOB_ID", "text", None, "job id (Slurm), the second `memspan.job.id` fallback",
+    "SLURM_JOB_ID", "text", None, f"job id (Slurm), the second `{names.JOB_ID}` fallback",
     external=True)
 
 #: (rank, local rank, world size) variables by launcher, first match wins

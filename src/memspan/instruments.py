@@ -13,50 +13,22 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from memspan import names
 from memspan.drops import DropLedger
+from memspan.metric_catalogue import InstrumentKind, MetricCatalogue
 from memspan.sampling.state import SamplerState
+from memspan.sources import STANDARD_SOURCES
 
-_BYTES = "By"
-
-# (name, kind, unit, description); kind: udc = up-down counter, gauge, counter
-_SAMPLED = (
-    (names.GPU_MEMORY_USAGE, "udc", _BYTES, "GPU memory in use (NVML)"),
-    (names.GPU_MEMORY_LIMIT, "udc", _BYTES, "GPU memory capacity (NVML)"),
-    (names.GPU_MEMORY_UTILIZATION, "gauge", "1", "Fraction of GPU memory in use (NVML)"),
-    (names.GPU_UTILIZATION, "gauge", "1", "Fraction of time the GPU was busy (NVML)"),
-    (names.GPU_PROCESS_MEMORY_USAGE, "udc", _BYTES, "GPU memory this process uses (NVML)"),
-    (names.TORCH_ALLOCATED, "udc", _BYTES, "Bytes allocated to tensors by the torch allocator"),
-    (names.TORCH_RESERVED, "udc", _BYTES, "Bytes reserved by the torch caching allocator"),
-    (names.TORCH_ACTIVE, "udc", _BYTES, "Bytes in active allocator blocks"),
-    (names.TORCH_INACTIVE_SPLIT, "udc", _BYTES, "Bytes in inactive, non-releasable split blocks"),
-    (names.TORCH_ALLOC_RETRIES, "counter", "1", "Allocator retries after a cache flush"),
-    (names.TORCH_OOMS, "counter", "1", "Out-of-memory errors raised by the torch allocator"),
-    (names.PROCESS_MEMORY_USAGE, "udc", _BYTES, "Resident set size of this process"),
-    (names.CGROUP_MEMORY_USAGE, "udc", _BYTES, "Memory charged to this process's cgroup"),
-    (names.CGROUP_MEMORY_LIMIT, "udc", _BYTES, "Memory limit of this process's cgroup"),
-    (names.CGROUP_OOM_KILLS, "counter", "1", "Processes the kernel OOM-killed in this cgroup"),
-)
-
-_WINDOW_PEAKS = (
-    (names.TORCH_ALLOCATED_WINDOW_PEAK, "Highest allocated bytes since the previous export"),
-    (names.TORCH_RESERVED_WINDOW_PEAK, "Highest reserved bytes since the previous export"),
-    (names.PROCESS_MEMORY_WINDOW_PEAK, "Highest RSS since the previous export"),
-)
-
-
-#: Every metric memspan emits as (name, kind, unit); kind is one of "udc" (up-down counter),
-#: "gauge", "counter" or "histogram". Docs and the dashboard consistency test read it.
-METRIC_CATALOGUE: tuple[tuple[str, str, str], ...] = (
-    *((name, kind, unit) for name, kind, unit, _ in _SAMPLED),
-    *((name, "gauge", _BYTES) for name, _ in _WINDOW_PEAKS),
-    (names.RECORDER_DROPPED, "counter", "1"),
-    (names.PHASE_DURATION, "histogram", "s"),
-    (names.PHASE_MEMORY_PEAK, "histogram", _BYTES),
-    (names.OOM_COUNT, "counter", "1"),
+#: Every metric the standard sources and the session emit as (name, kind, unit); kind is one of
+#: "udc" (up-down counter), "gauge", "counter" or "histogram". Docs and the dashboard
+#: consistency test read it; it is the standard :class:`MetricCatalogue` flattened.
+METRIC_CATALOGUE: tuple[tuple[str, str, str], ...] = tuple(
+    (row.name, row.kind.value, row.unit)
+    for row in MetricCatalogue.for_sources(STANDARD_SOURCES).rows
 )
 
 
 class MemoryInstruments:
-    """Registers every sampled instrument plus the drop counter on one meter."""
+    """Registers an observable instrument per sampled row of the catalogue, plus the drop
+    counter (whose callback also runs ``before_collect``: see :meth:`_drain_phases_then_report_drops`)."""
 
     def __init__(
         self,
@@ -64,6 +36,7 @@ class MemoryInstruments:
         state_provider: Callable[[], SamplerState],
         ledger: DropLedger,
         *,
+        catalogue: MetricCatalogue | None = None,
         emit_rss: bool = True,
         before_collect: Callable[[], object] | None = None,
     ) -> None:
@@ -72,27 +45,27 @@ class MemoryInstruments:
         self._ledger = ledger
         self._enabled = True
         self.names: list[str] = []
-        for name, kind, unit, description in _SAMPLED:
-            if name == names.PROCESS_MEMORY_USAGE and not emit_rss:
+        catalogue = catalogue if catalogue is not None else MetricCatalogue.for_sources(
+            STANDARD_SOURCES)
+        for row in catalogue.sampled:
+            if row.name == names.PROCESS_MEMORY_USAGE and not emit_rss:
                 continue
-            callback = self._latest_callback(name)
-            if kind == "udc":
-                meter.create_observable_up_down_counter(name, [callback], unit, description)
-            elif kind == "gauge":
-                meter.create_observable_gauge(name, [callback], unit, description)
+            callback = (self._peak_callback(row.name) if row.window_peak
+                        else self._latest_callback(row.name))
+            if row.kind is InstrumentKind.UP_DOWN_COUNTER:
+                meter.create_observable_up_down_counter(
+                    row.name, [callback], row.unit, row.description)
+            elif row.kind is InstrumentKind.GAUGE:
+                meter.create_observable_gauge(row.name, [callback], row.unit, row.description)
+            elif row.kind is InstrumentKind.COUNTER:
+                meter.create_observable_counter(row.name, [callback], row.unit, row.description)
             else:
-                meter.create_observable_counter(name, [callback], unit, description)
-            self.names.append(name)
-        for name, description in _WINDOW_PEAKS:
-            meter.create_observable_gauge(name, [self._peak_callback(name)], _BYTES, description)
-            self.names.append(name)
+                raise ValueError(f"metric {row.name!r}: a sampled metric cannot be a {row.kind}")
+            self.names.append(row.name)
+        dropped = catalogue.row(names.RECORDER_DROPPED)
         meter.create_observable_counter(
-            names.RECORDER_DROPPED,
-            [self._drops],
-            "1",
-            "Telemetry memspan discarded to stay bounded, by reason",
-        )
-        self.names.append(names.RECORDER_DROPPED)
+            dropped.name, [self._drain_phases_then_report_drops], dropped.unit, dropped.description)
+        self.names.append(dropped.name)
 
     def disable(self) -> None:
         self._enabled = False
@@ -113,9 +86,11 @@ class MemoryInstruments:
 
         return callback
 
-    def _drops(self, options: CallbackOptions) -> Iterable[Observation]:
-        # Collection runs every observable callback before reading synchronous instruments:
-        # draining pending phase histograms here puts them in this collection.
+    def _drain_phases_then_report_drops(self, options: CallbackOptions) -> Iterable[Observation]:
+        """Two jobs in one callback: first drain finished phases (``before_collect``), then
+        report the drop ledger. Collection runs every observable callback before it reads the
+        synchronous instruments, so phase histograms drained here land in this collection;
+        and the drops the drain counts are in this report."""
         if self._before_collect is not None:
             self._before_collect()
         if not self._enabled:

@@ -1,12 +1,28 @@
 """Every telemetry name memspan emits, in one place.
 
 These names are a public API (dashboards, alerts and trace searches are built on them);
-``docs/telemetry.md`` documents each one. Code never spells a name as a literal elsewhere.
+``docs/telemetry.md`` documents each one. Code never spells a name as a literal elsewhere
+(``tests/test_telemetry_name_literals.py`` enforces it). Names the OpenTelemetry semantic
+conventions define are taken from ``opentelemetry.semconv`` (every constant used here exists
+from semconv 0.65b0, the oldest version memspan allows).
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from opentelemetry.semconv._incubating.attributes import (
+    file_attributes,
+    host_attributes,
+    hw_attributes,
+    process_attributes,
+    thread_attributes,
+)
+from opentelemetry.semconv._incubating.attributes import (
+    service_attributes as incubating_service_attributes,
+)
+from opentelemetry.semconv._incubating.metrics import hw_metrics, process_metrics
+from opentelemetry.semconv.attributes import exception_attributes, service_attributes
 
 INSTRUMENTATION_NAME: Final = "memspan"
 SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.37.0"
@@ -18,8 +34,8 @@ PHASE_DEPTH: Final = "memspan.phase.depth"
 PHASE_SCOPE_ID: Final = "memspan.phase.scope_id"
 PHASE_PARENT_SCOPE_ID: Final = "memspan.phase.parent_scope_id"
 SESSION_ID: Final = "memspan.session.id"
-THREAD_ID: Final = "thread.id"
-THREAD_NAME: Final = "thread.name"
+THREAD_ID: Final = thread_attributes.THREAD_ID
+THREAD_NAME: Final = thread_attributes.THREAD_NAME
 MEMORY_DEVICE: Final = "memspan.memory.device"
 ALLOCATED_START: Final = "memspan.memory.allocated.start"
 ALLOCATED_END: Final = "memspan.memory.allocated.end"
@@ -53,7 +69,7 @@ OOM_DUMP_PATH: Final = "memspan.oom.dump.path"
 OOM_DUMP_ERROR: Final = "memspan.oom.dump.error"
 OOM_CONFIDENCE: Final = "memspan.oom.confidence"
 OOM_SUGGESTION: Final = "memspan.oom.suggestion"
-FILE_PATH: Final = "file.path"
+FILE_PATH: Final = file_attributes.FILE_PATH
 LEAK_EVENT: Final = "memspan.leak.suspected"
 LEAK_SLOPE: Final = "memspan.leak.slope_bytes_per_run"
 LEAK_RUNS: Final = "memspan.leak.runs"
@@ -65,16 +81,16 @@ LOCAL_RANK: Final = "memspan.local_rank"
 WORLD_SIZE: Final = "memspan.world_size"
 
 # -- metric attributes ----------------------------------------------------------------------
-HW_ID: Final = "hw.id"
-HW_NAME: Final = "hw.name"
-HW_VENDOR: Final = "hw.vendor"
+HW_ID: Final = hw_attributes.HW_ID
+HW_NAME: Final = hw_attributes.HW_NAME
+HW_VENDOR: Final = hw_attributes.HW_VENDOR
 DROP_REASON: Final = "memspan.reason"
 
 # -- metrics --------------------------------------------------------------------------------
-GPU_MEMORY_USAGE: Final = "hw.gpu.memory.usage"
-GPU_MEMORY_LIMIT: Final = "hw.gpu.memory.limit"
-GPU_MEMORY_UTILIZATION: Final = "hw.gpu.memory.utilization"
-GPU_UTILIZATION: Final = "hw.gpu.utilization"
+GPU_MEMORY_USAGE: Final = hw_metrics.HW_GPU_MEMORY_USAGE
+GPU_MEMORY_LIMIT: Final = hw_metrics.HW_GPU_MEMORY_LIMIT
+GPU_MEMORY_UTILIZATION: Final = hw_metrics.HW_GPU_MEMORY_UTILIZATION
+GPU_UTILIZATION: Final = hw_metrics.HW_GPU_UTILIZATION
 GPU_PROCESS_MEMORY_USAGE: Final = "memspan.gpu.process.memory.usage"
 TORCH_ALLOCATED: Final = "memspan.torch.memory.allocated"
 TORCH_RESERVED: Final = "memspan.torch.memory.reserved"
@@ -84,7 +100,7 @@ TORCH_ALLOCATED_WINDOW_PEAK: Final = "memspan.torch.memory.allocated.window_peak
 TORCH_RESERVED_WINDOW_PEAK: Final = "memspan.torch.memory.reserved.window_peak"
 TORCH_ALLOC_RETRIES: Final = "memspan.torch.alloc_retries"
 TORCH_OOMS: Final = "memspan.torch.ooms"
-PROCESS_MEMORY_USAGE: Final = "process.memory.usage"
+PROCESS_MEMORY_USAGE: Final = process_metrics.PROCESS_MEMORY_USAGE
 PROCESS_MEMORY_WINDOW_PEAK: Final = "memspan.process.memory.window_peak"
 CGROUP_MEMORY_USAGE: Final = "memspan.cgroup.memory.usage"
 CGROUP_MEMORY_LIMIT: Final = "memspan.cgroup.memory.limit"
@@ -100,10 +116,11 @@ OOM_ALLOCATED_BYTES: Final = "memspan.oom.allocated_bytes"
 OOM_RESERVED_UNALLOCATED_BYTES: Final = "memspan.oom.reserved_unallocated_bytes"
 # -- the memspan run span (launcher) ----------------------------------------------------------
 RUN_SPAN: Final = "memspan.run"
-PROCESS_EXECUTABLE_NAME: Final = "process.executable.name"
-PROCESS_COMMAND_ARGS: Final = "process.command_args"
-PROCESS_PID: Final = "process.pid"
-PROCESS_EXIT_CODE: Final = "process.exit.code"
+PROCESS_EXECUTABLE_NAME: Final = process_attributes.PROCESS_EXECUTABLE_NAME
+PROCESS_COMMAND_ARGS: Final = process_attributes.PROCESS_COMMAND_ARGS
+PROCESS_COMMAND: Final = process_attributes.PROCESS_COMMAND
+PROCESS_PID: Final = process_attributes.PROCESS_PID
+PROCESS_EXIT_CODE: Final = process_attributes.PROCESS_EXIT_CODE
 RUN_SERVICE_NAME: Final = "memspan.run.service.name"
 RUN_PEAK_BYTES: Final = "memspan.run.peak_bytes"
 RUN_LIMIT_BYTES: Final = "memspan.run.limit_bytes"
@@ -116,3 +133,12 @@ RUN_REFUSED_PATHS: Final = "memspan.run.refused_paths"
 RUN_OUTPUT_EVENT: Final = "memspan.run.output"
 RUN_OUTPUT_STDOUT: Final = "memspan.run.output.stdout"
 RUN_OUTPUT_STDERR: Final = "memspan.run.output.stderr"
+
+# -- resource and exception attributes memspan reads or sets (OTel semantic conventions) -----
+SERVICE_NAME: Final = service_attributes.SERVICE_NAME
+SERVICE_INSTANCE_ID: Final = incubating_service_attributes.SERVICE_INSTANCE_ID
+HOST_NAME: Final = host_attributes.HOST_NAME
+EXCEPTION_TYPE: Final = exception_attributes.EXCEPTION_TYPE
+EXCEPTION_MESSAGE: Final = exception_attributes.EXCEPTION_MESSAGE
+EXCEPTION_STACKTRACE: Final = exception_attributes.EXCEPTION_STACKTRACE
+EXCEPTION_ESCAPED: Final = exception_attributes.EXCEPTION_ESCAPED

@@ -33,6 +33,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from memspan import names
 from memspan.runtime import OpenScope
 
 if TYPE_CHECKING:
@@ -205,11 +206,11 @@ def exception_attributes(exception: BaseException, attributes: Attributes = None
     kind = type(exception)
     module = kind.__module__
     out: dict[str, AttributeValue] = {
-        "exception.type": (f"{module}.{kind.__qualname__}" if module and module != "builtins"
-                           else kind.__qualname__),
-        "exception.message": message,
-        "exception.stacktrace": stacktrace,
-        "exception.escaped": str(escaped),
+        names.EXCEPTION_TYPE: (f"{module}.{kind.__qualname__}"
+                               if module and module != "builtins" else kind.__qualname__),
+        names.EXCEPTION_MESSAGE: message,
+        names.EXCEPTION_STACKTRACE: stacktrace,
+        names.EXCEPTION_ESCAPED: str(escaped),
     }
     if attributes:
         out.update(attributes)

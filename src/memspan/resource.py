@@ -71,7 +71,7 @@ def memspan_attributes(
     env: Mapping[str, str] | None = None, job_id: str | None = None
 ) -> dict[str, AttributeValue]:
     environ = os.environ if env is None else env
-    attributes: dict[str, AttributeValue] = {"service.instance.id": _PROCESS_INSTANCE_ID}
+    attributes: dict[str, AttributeValue] = {names.SERVICE_INSTANCE_ID: _PROCESS_INSTANCE_ID}
     job = (job_id or environ.get(ev.MEMSPAN_JOB_ID) or environ.get(ev.TORCHELASTIC_RUN_ID)
            or environ.get(ev.SLURM_JOB_ID))
     if job:
@@ -91,5 +91,5 @@ def build_resource(service_name: str | None = None, job_id: str | None = None) -
     """memspan's attributes, overridden by everything the user set (env and arguments)."""
     user: dict[str, AttributeValue] = {}
     if service_name:
-        user["service.name"] = service_name
+        user[names.SERVICE_NAME] = service_name
     return Resource(memspan_attributes(job_id=job_id)).merge(Resource.create(user))

@@ -32,9 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 from memspan.names import PATH_SEPARATOR
-
-PHASE_START = "phase_start"
-PHASE_END = "phase_end"
+from memspan.oom.events import EventType
 
 _MAX_TRACKED_SCOPES = 4096
 MAX_DEPTH = 256
@@ -171,7 +169,7 @@ class PhaseRecorder:
     ) -> tuple[PhaseToken, PhaseBoundary]:
         """Open a phase in the current context; return its token and its start boundary."""
         scope = self.open_scope(session_id=session_id, rank=rank, name=name)
-        return scope.token(), self.boundary(PHASE_START, scope, attrs)
+        return scope.token(), self.boundary(EventType.PHASE_START, scope, attrs)
 
     def enter_phase(
         self,
@@ -189,7 +187,7 @@ class PhaseRecorder:
         scope = self._lookup(token.scope_id, token.session_id)
         self._require_thread(scope, token.thread_id)
         self.close_scope(scope)
-        return self.boundary(PHASE_END, scope, None)
+        return self.boundary(EventType.PHASE_END, scope, None)
 
     def exit_phase(
         self,
@@ -207,7 +205,7 @@ class PhaseRecorder:
             )
         self._require_thread(scope, thread_id)
         self.close_scope(scope)
-        return self.boundary(PHASE_END, scope, None)
+        return self.boundary(EventType.PHASE_END, scope, None)
 
     # -- memspan internals -----------------------------------------------------------------
     def current(self) -> OpenScope | None:
@@ -307,7 +305,7 @@ class PhaseRecorder:
 
     @staticmethod
     def boundary(
-        event_type: str, scope: OpenScope, attrs: Mapping[str, Any] | None
+        event_type: EventType, scope: OpenScope, attrs: Mapping[str, Any] | None
     ) -> PhaseBoundary:
         metadata: dict[str, Any] = {
             "name": scope.name,
@@ -319,7 +317,7 @@ class PhaseRecorder:
         }
         if attrs:
             metadata["attrs"] = dict(attrs)
-        return PhaseBoundary(event_type, scope.path_text, metadata, scope.scope_id, scope.path)
+        return PhaseBoundary(event_type.value, scope.path_text, metadata, scope.scope_id, scope.path)
 
     def _lookup(self, scope_id: str, session_id: str) -> OpenScope:
         with self._lock:

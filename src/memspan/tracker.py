@@ -48,10 +48,9 @@ from memspan.report.builder import DEFAULT_SUFFIX, ReportResult, generate_report
 from memspan.resource import detected_rank
 from memspan.runtime import PhaseHandle
 from memspan.sampling.sampler import Sampler
+from memspan.sources import STANDARD_SOURCES
 from memspan.sources.base import MemorySource
-from memspan.sources.cgroup import CgroupMemorySource
 from memspan.sources.host import HostMemorySource
-from memspan.sources.nvml import NvmlSource
 from memspan.sources.torch_allocator import TorchAllocatorSource
 from memspan.span_path import SDK, SpanPath, real_tracer, resolve
 from memspan.step_sampling import StepSampler, StepSamplingConfig
@@ -64,7 +63,7 @@ _S = TypeVar("_S")
 
 def default_sources() -> list[MemorySource]:
     """Host RSS, cgroup limits, the torch allocator and NVML (each degrades on its own)."""
-    return [HostMemorySource(), CgroupMemorySource(), TorchAllocatorSource(), NvmlSource()]
+    return [source() for source in STANDARD_SOURCES]
 
 
 class Tracker:
@@ -101,24 +100,28 @@ class Tracker:
         self.sources = list(sources) if sources is not None else default_sources()
         self.sampler = Sampler(self.sources, interval_s=self.config.sample_interval_s,
                                slow_interval_s=self.config.nvml_interval_s, ledger=self.ledger)
+        catalogue = self.sampler.catalogue
         self.instruments = MemoryInstruments(meter, lambda: self.sampler.state, self.ledger,
-                                             emit_rss=self.config.rss_metric,
+                                             catalogue=catalogue, emit_rss=self.config.rss_metric,
                                              before_collect=self.flush)
         self.torch_source = self.source(TorchAllocatorSource)
         # -- phases: export worker, histograms, step sampling, the hot path
+        oom_count = catalogue.row(names.OOM_COUNT)
         self.oom_counter = meter.create_counter(
-            names.OOM_COUNT, unit="1", description="Out-of-memory errors seen by memspan")
+            oom_count.name, unit=oom_count.unit, description=oom_count.description)
+        duration, memory_peak = (catalogue.row(names.PHASE_DURATION),
+                                 catalogue.row(names.PHASE_MEMORY_PEAK))
         span_path = resolve(tracer, self.config.span_mode)
         self._tracer = tracer
         self.exporter = PhaseExporter(
             lambda: self.phases.span_path,
             PhaseHistograms(
                 meter.create_histogram(
-                    names.PHASE_DURATION, unit="s", description="Duration of a phase",
+                    duration.name, unit=duration.unit, description=duration.description,
                     explicit_bucket_boundaries_advisory=SECOND_BUCKETS),
                 meter.create_histogram(
-                    names.PHASE_MEMORY_PEAK, unit="By",
-                    description="Peak memory of a phase (allocator on a GPU, RSS on a host)",
+                    memory_peak.name, unit=memory_peak.unit,
+                    description=memory_peak.description,
                     explicit_bucket_boundaries_advisory=BYTE_BUCKETS),
             ),
             StepSampler(StepSamplingConfig(

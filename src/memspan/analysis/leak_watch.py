@@ -16,13 +16,10 @@ from typing import TYPE_CHECKING
 from memspan import names
 from memspan.analysis.thresholds import LeakThresholds
 from memspan.analysis.verdicts import LEAKING, RunSeries, verdict_for
-from memspan.drops import DropLedger
+from memspan.drops import LEAK_WATCH_PATHS, DropLedger
 
 if TYPE_CHECKING:
     from memspan.phase_span import PhaseSpan
-
-LEAK_WATCH_PATHS = "leak_watch_paths"
-
 
 class LeakWatcher:
     """Listens to finished phases on the export worker (before their spans are built)."""

@@ -51,6 +51,7 @@ from memspan.launcher.output import Tail, start_pump
 from memspan.launcher.signals import SignalForwarder, terminal_foreground
 from memspan.launcher.sizes import format_mib, parse_memory_size
 from memspan.oom.breadcrumbs import DIRECTORY
+from memspan.oom.classify import OOMKind
 from memspan.safe_files import UnsafePathError, ensure_directory
 from memspan.sources.cgroup import CgroupMemorySource, CgroupReading
 from memspan.version import __version__
@@ -76,9 +77,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--compare-limit", type=_positive_size("--compare-limit"),
                         help="a limit to compare the peak with in the summary (not enforced); "
                              "default: the cgroup's limit")
-    parser.add_argument("--service-name", default=None, help="service.name of the child")
+    parser.add_argument("--service-name", default=None, help=f"{names.SERVICE_NAME} of the child")
     parser.add_argument("--export-args", action="store_true",
-                        help="export the command's arguments as process.command_args "
+                        help=f"export the command's arguments as {names.PROCESS_COMMAND_ARGS} "
                              "(credential-looking values redacted); default: executable only")
     parser.add_argument("--no-breadcrumbs", action="store_true",
                         help="do not write SIGKILL breadcrumbs")
@@ -352,7 +353,7 @@ def _post_mortem(args: argparse.Namespace, config: MemspanConfig, cgroup: Cgroup
     try:
         _record_span(config, state)
     except Exception as error:
-        _warn(f"the memspan.run span was not recorded ({type(error).__name__}: {error})")
+        _warn(f"the {names.RUN_SPAN} span was not recorded ({type(error).__name__}: {error})")
     print(summary(state), file=sys.stderr)
 
 
@@ -391,7 +392,7 @@ def _record_span(config: MemspanConfig, state: RunState) -> None:
                              attributes=span_attributes(state))
     bundles = state.outcome.bundles
     if c.is_oom:
-        event: dict[str, Any] = {names.OOM_KIND: c.kind or "oom_killed",
+        event: dict[str, Any] = {names.OOM_KIND: c.kind or OOMKind.KILLED.value,
                                  names.OOM_REASON: c.reason,
                                  names.OOM_CONFIDENCE: c.confidence or "possible"}
         if c.suggestion:

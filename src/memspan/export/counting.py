@@ -22,6 +22,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from memspan import names
 from memspan.drops import EXPORT_QUEUE_FULL, DropLedger
 
 _logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             _warned.set()
             _logger.warning(
                 "memspan: this OpenTelemetry SDK does not expose its span queue; spans dropped "
-                "by a full export queue are not counted in memspan.recorder.dropped (the SDK's "
+                f"by a full export queue are not counted in {names.RECORDER_DROPPED} (the SDK's "
                 "otel.sdk.processor.span.processed{error.type=queue_full} counts them when "
                 "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true)")
 

@@ -32,9 +32,11 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from memspan import names
 from memspan.launcher.exit_classify import ProcessExitClassification
 from memspan.oom.breadcrumbs import DIRECTORY, read_breadcrumb
 from memspan.oom.bundle import BundleContent, bundle_name, write_bundle
+from memspan.oom.events import EventType
 from memspan.oom.recorder import environment_report
 from memspan.oom.retention import prune
 from memspan.safe_files import UnsafePathError, check_directory, unlink_in
@@ -44,7 +46,7 @@ _TEMPORARY = re.compile(r"^\.r(\d{1,9})_p(\d{1,9})\.jsonl\.[0-9a-f]+\.tmp$")
 #: Bytes of the child's output tail kept in a bundle's metadata (per stream).
 OUTPUT_EXCERPT_BYTES = 8 << 10
 _RSS_KEYS = ("rss", "rss_peak")
-_RSS_SAMPLE_PREFIXES = ("process.memory.usage", "memspan.process.memory.window_peak")
+_RSS_SAMPLE_PREFIXES = (names.PROCESS_MEMORY_USAGE, names.PROCESS_MEMORY_WINDOW_PEAK)
 
 
 @dataclasses.dataclass
@@ -84,13 +86,21 @@ def signalled(exit_code: int) -> bool:
 
 
 def open_phases(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Replay phase boundaries: the phases still open when the events stop."""
+    """Replay phase boundaries: the phases still open when the events stop.
+
+    The flight recorder's :func:`memspan.oom.service.phase_stack` answers the same question
+    for a live process by walking the open phases' parent links (exact, with thread and user
+    attributes); a SIGKILLed child leaves only its breadcrumb events, so here the stack is
+    rebuilt from ``phase_start``/``phase_end`` events (phases whose start was evicted from the
+    ring are missing). The entries share the keys ``name``, ``path`` and ``scope_id``.
+    """
     stack: list[dict[str, Any]] = []
     for event in events:
-        if event.get("type") == "phase_start":
+        kind = event.get("type")
+        if kind == EventType.PHASE_START.value:
             stack.append({"path": event.get("path"), "scope_id": event.get("scope_id"),
-                          "name": str(event.get("path", "")).rsplit(" / ", 1)[-1]})
-        elif event.get("type") == "phase_end":
+                          "name": str(event.get("path", "")).rsplit(names.PATH_SEPARATOR, 1)[-1]})
+        elif kind == EventType.PHASE_END.value:
             scope = event.get("scope_id")
             for index in range(len(stack) - 1, -1, -1):
                 if stack[index]["scope_id"] == scope:

@@ -19,6 +19,8 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
+from memspan import names
+
 REDACTED = "<redacted>"
 _CREDENTIAL = re.compile(r"token|secret|key|passw(or)?d|auth|credential", re.IGNORECASE)
 _FLAG = re.compile(r"^(--?)([A-Za-z][A-Za-z0-9_.-]*)(=(.*))?$", re.DOTALL)
@@ -59,7 +61,7 @@ def redact_args(command: Sequence[str]) -> list[str]:
 def _from_resource_attributes(text: str) -> str | None:
     for item in text.split(","):
         key, _, value = item.partition("=")
-        if key.strip() == "service.name" and value.strip():
+        if key.strip() == names.SERVICE_NAME and value.strip():
             return value.strip()
     return None
 

@@ -55,12 +55,6 @@ _PHASE_EVENT_BYTES = 14 * 48
 _HANDLED = "__memspan_oom_handled__"
 _handled_ids: collections.deque[int] = collections.deque(maxlen=256)
 
-_COUNTER_EVENTS = {
-    names.TORCH_ALLOC_RETRIES: EventType.ALLOC_RETRY,
-    names.TORCH_OOMS: EventType.ALLOCATOR_OOM,
-    names.CGROUP_OOM_KILLS: EventType.CGROUP_OOM_KILL,
-}
-
 
 def mark_handled(error: BaseException) -> None:
     try:
@@ -81,7 +75,12 @@ def _hex_ids(span: trace.Span) -> tuple[str | None, str | None]:
 
 
 def phase_stack(scope: OpenScope | None) -> list[dict[str, Any]]:
-    """The open phases from the outermost to ``scope``, each with its user attributes."""
+    """The open phases from the outermost to ``scope``, each with its user attributes.
+
+    Walks the live parent links; :func:`memspan.launcher.breadcrumb_bundles.open_phases`
+    rebuilds the same stack (``name``, ``path``, ``scope_id``) from breadcrumb events when only
+    those survive (a SIGKILLed child).
+    """
     stack = []
     node = scope
     while node is not None:
@@ -221,7 +220,7 @@ class FlightRecorderService:
 
     def on_sample(self, readings: Sequence[Reading], increases: Sequence[CounterIncrease]) -> None:
         for increase in increases:
-            event_type = _COUNTER_EVENTS.get(increase.metric)
+            event_type = self.sampler.catalogue.counter_events.get(increase.metric)
             if event_type is not None:
                 self.recorder.record_event({
                     "type": event_type.value, "metric": increase.metric,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from memspan import names
 from memspan.oom.bundle import BUNDLE_NAME
 from memspan.oom.events import EventType
 from memspan.oom.retention import list_bundles
@@ -88,7 +89,7 @@ def replay_events(path: str, model: ReportModel) -> int:
                 for name, value in obj(event.get("values")).items():
                     figure = number(value)
                     if figure is not None and isinstance(name, str) and (
-                            name.startswith("process.memory") or "allocated" in name):
+                            name.startswith(names.PROCESS_MEMORY_USAGE) or "allocated" in name):
                         model.see_time(time_ns)
                         model.curve(f"{name[:128]} (breadcrumbs)").add(time_ns, figure)
             elif kind == EventType.PHASE_START.value:

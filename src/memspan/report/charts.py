@@ -11,6 +11,7 @@ import math
 import zlib
 from html import escape
 
+from memspan import names
 from memspan.analysis.verdicts import human_bytes
 from memspan.report.model import OOMRecord, ReportModel
 
@@ -116,14 +117,14 @@ def memory_svg(model: ReportModel) -> str:
     if not curves:
         return '<p class="muted" id="memory-empty">No memory figures in the input.</p>'
     first, last = model.first_ns or 0, max(model.last_ns or 1, (model.first_ns or 0) + 1)
-    limit_names = [n for n in curves if n.startswith("memspan.cgroup.memory.limit")]
+    limit_names = [n for n in curves if n.startswith(names.CGROUP_MEMORY_LIMIT)]
     limits = [v for n in limit_names for _, v in curves[n]]
     limit = min(limits) if limits else None
     if model.run is not None and model.run.limit_bytes:
         limit = min(limit or model.run.limit_bytes, model.run.limit_bytes)
     # The container's usage (page cache included) can dwarf the process: it sets the scale
     # only next to a limit (then it is below the limit); else it is clipped, and says so.
-    container = [n for n in curves if n.startswith("memspan.cgroup.memory.usage")]
+    container = [n for n in curves if n.startswith(names.CGROUP_MEMORY_USAGE)]
     values = [v for n, points in curves.items() if n not in limit_names
               and (limit or n not in container) for _, v in points]
     if not values:

@@ -45,7 +45,7 @@ CURVE_METRICS = (
 RUN_SPAN = names.RUN_SPAN
 ALL = "*"
 UNKNOWN_SESSION = "unknown"
-_SERVICE_SUFFIXES = ("service.name", "service_name")
+_SERVICE_SUFFIXES = (names.SERVICE_NAME, "service_name")
 
 
 @dataclass
@@ -167,7 +167,7 @@ class Collector:
         events = objects(span.get("events"))
         if not isinstance(path, str) and not events:
             return True  # not ours: another instrumentation's span
-        instance = resource.get("service.instance.id")
+        instance = resource.get(names.SERVICE_INSTANCE_ID)
         session_id = attrs.get(names.SESSION_ID)
         key = session_id if isinstance(session_id, str) and session_id else (
             instance if isinstance(instance, str) and instance else UNKNOWN_SESSION)
@@ -209,14 +209,14 @@ class Collector:
             summary = self.sessions[key] = SessionSummary(key)
         if resource is None:
             return summary
-        service = resource.get("service.name")
+        service = resource.get(names.SERVICE_NAME)
         summary.service = summary.service or (service if isinstance(service, str) else None)
-        host = resource.get("host.name")
+        host = resource.get(names.HOST_NAME)
         summary.host = summary.host or (host if isinstance(host, str) else None)
         rank = resource.get(names.RANK)
         if summary.rank is None and isinstance(rank, int):
             summary.rank = rank
-        instance = resource.get("service.instance.id")
+        instance = resource.get(names.SERVICE_INSTANCE_ID)
         if isinstance(instance, str) and instance and instance not in summary.instance_ids \
                 and len(summary.instance_ids) < 8:
             summary.instance_ids.add(instance)
@@ -251,21 +251,22 @@ class Collector:
             if key.startswith(RUN_SPAN + ".") and key.endswith(_SERVICE_SUFFIXES) \
                     and isinstance(value, str) and value:
                 service = value
-        command = attrs.get("process.command_args")
+        command = attrs.get(names.PROCESS_COMMAND_ARGS)
         if not isinstance(command, list):
-            executable = attrs.get("process.executable.name") or attrs.get("process.command")
+            executable = (attrs.get(names.PROCESS_EXECUTABLE_NAME)
+                          or attrs.get(names.PROCESS_COMMAND))
             command = [executable] if isinstance(executable, str) else []
         status = obj(span.get("status"))
         run = RunInfo(
             start, end, service=service,
-            launcher_service=text(resource.get("service.name"), 256),
-            host=text(resource.get("host.name"), 256),
+            launcher_service=text(resource.get(names.SERVICE_NAME), 256),
+            host=text(resource.get(names.HOST_NAME), 256),
             command=[str(c)[:512] for c in command if c is not None][:64],
-            pid=integer(attrs.get("process.pid")),
-            exit_code=integer(attrs.get("process.exit.code")),
+            pid=integer(attrs.get(names.PROCESS_PID)),
+            exit_code=integer(attrs.get(names.PROCESS_EXIT_CODE)),
             status_message=text(status.get("message"), 1024),
-            peak_bytes=integer(attrs.get(RUN_SPAN + ".peak_bytes")),
-            limit_bytes=integer(attrs.get(RUN_SPAN + ".limit_bytes")),
+            peak_bytes=integer(attrs.get(names.RUN_PEAK_BYTES)),
+            limit_bytes=integer(attrs.get(names.RUN_LIMIT_BYTES)),
             attributes={k: v for k, v in list(attrs.items())[:64]},
         )
         for event in objects(span.get("events")):
@@ -318,7 +319,7 @@ class Collector:
                 continue
             for batch in objects(batches):
                 resource = attributes(obj(batch.get("resource")).get("attributes"))
-                instance = resource.get("service.instance.id")
+                instance = resource.get(names.SERVICE_INSTANCE_ID)
                 keys = self._by_instance.get(instance, []) if isinstance(instance, str) \
                     else [UNKNOWN_SESSION] if UNKNOWN_SESSION in self.sessions else []
                 if not keys and not self.merge:
@@ -380,21 +381,21 @@ def _describe(model: ReportModel, resource: dict[str, Any], version: str | None)
     """Run metadata from the resource (the first value seen wins)."""
     def first(current: Any, value: Any) -> Any:
         return current if current is not None else (value if isinstance(value, str) else None)
-    model.service = first(model.service, resource.get("service.name"))
-    model.host = first(model.host, resource.get("host.name"))
+    model.service = first(model.service, resource.get(names.SERVICE_NAME))
+    model.host = first(model.host, resource.get(names.HOST_NAME))
     model.environment = first(model.environment, resource.get("deployment.environment.name"))
     model.environment = first(model.environment, resource.get("deployment.environment"))
     model.memspan_version = model.memspan_version or version
     rank = resource.get(names.RANK)
     if model.rank is None and isinstance(rank, int):
         model.rank = rank
-    instance = resource.get("service.instance.id")
+    instance = resource.get(names.SERVICE_INSTANCE_ID)
     if isinstance(instance, str) and len(model.instance_ids) < 8:
         model.instance_ids.add(instance)
-    pid = resource.get("process.pid")
+    pid = resource.get(names.PROCESS_PID)
     if model.pid is None and isinstance(pid, int):
         model.pid = pid
-    command = resource.get("process.command_args")
+    command = resource.get(names.PROCESS_COMMAND_ARGS)
     if not model.command and isinstance(command, list):
         model.command = [str(c)[:512] for c in command[:64]]
 

@@ -5,7 +5,10 @@ Invariants:
 - Fixed-rate schedule: tick *k* is due at ``start + k * interval``; a late tick never shifts
   later ones (no drift), and ticks missed while the process was stalled are skipped, not
   replayed in a burst.
-- Slow sources (NVML) are sampled every ``slow_interval`` instead of every tick.
+- A source whose class declares ``cadence = Cadence.SLOW`` (NVML) is sampled every
+  ``slow_interval`` instead of every tick.
+- Which readings are counters (their rises are reported to listeners) and which keep a
+  window peak comes from the session's :class:`~memspan.metric_catalogue.MetricCatalogue`.
 - A source's exception never escapes: the failure is counted in the drop ledger, a warning is
   logged once per source, and the source is marked degraded; after
   ``MAX_CONSECUTIVE_FAILURES`` failures in a row it is no longer asked.
@@ -25,18 +28,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from memspan import names
-from memspan.drops import SOURCE_ERROR, DropLedger
+from memspan.drops import LISTENER_ERROR, SOURCE_ERROR, DropLedger
+from memspan.metric_catalogue import Cadence, MetricCatalogue, source_cadence
 from memspan.sampling.history import MaxHistory
 from memspan.sampling.state import SamplerState
+from memspan.sources import STANDARD_SOURCES
 from memspan.sources.base import MemorySource, Reading
 
 _logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_FAILURES = 100
-
-COUNTER_METRICS = frozenset(
-    {names.TORCH_ALLOC_RETRIES, names.TORCH_OOMS, names.CGROUP_OOM_KILLS}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,18 +75,21 @@ class Sampler:
         *,
         interval_s: float = 0.1,
         slow_interval_s: float = 1.0,
-        slow_sources: frozenset[str] = frozenset({"nvml"}),
         ledger: DropLedger | None = None,
+        catalogue: MetricCatalogue | None = None,
     ) -> None:
+        """``catalogue`` defaults to the rows of the standard sources and of ``sources``."""
         if interval_s <= 0:
             raise ValueError(f"sampler interval must be > 0 seconds, got {interval_s!r}")
         if slow_interval_s <= 0:
             raise ValueError(f"slow sampler interval must be > 0 seconds, got {slow_interval_s!r}")
         self.interval_s = interval_s
         self.slow_interval_s = slow_interval_s
-        self.state = SamplerState()
+        self.catalogue = (catalogue if catalogue is not None
+                          else MetricCatalogue.for_sources(STANDARD_SOURCES, sources))
+        self.state = SamplerState(self.catalogue.window_peaks)
         self.ledger = ledger if ledger is not None else DropLedger()
-        self._slots = [_SourceSlot(s, s.name in slow_sources) for s in sources]
+        self._slots = [_SourceSlot(s, source_cadence(s) is Cadence.SLOW) for s in sources]
         self._listeners: list[SampleListener] = []
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         self._histories: dict[tuple[str, tuple[tuple[str, str], ...]], MaxHistory] = {}
@@ -162,7 +166,7 @@ class Sampler:
         self._lifecycle = threading.Lock()
         self._history_lock = threading.Lock()
         self._pid = os.getpid()
-        self.state = SamplerState()
+        self.state = SamplerState(self.catalogue.window_peaks)
         self._counters = {}
         self._histories = {}
         for slot in self._slots:
@@ -215,7 +219,7 @@ class Sampler:
             try:
                 listener(readings, increases)
             except Exception:
-                self.ledger.add("listener_error", warning="a sample listener raised; ignored")
+                self.ledger.add(LISTENER_ERROR, warning="a sample listener raised; ignored")
         return readings
 
     def _record_histories(self, readings: Sequence[Reading]) -> None:
@@ -226,8 +230,9 @@ class Sampler:
 
     def _counter_increases(self, readings: Sequence[Reading]) -> list[CounterIncrease]:
         increases = []
+        counters = self.catalogue.counters
         for reading in readings:
-            if reading.metric not in COUNTER_METRICS:
+            if reading.metric not in counters:
                 continue
             key = (reading.metric, reading.attributes)
             value = int(reading.value)
@@ -245,8 +250,8 @@ class Sampler:
             slot.warned = True
             _logger.warning(
                 "memspan: memory source %r failed (%s: %s); it is marked degraded and its "
-                "failures are counted in memspan.recorder.dropped",
-                slot.source.name, type(error).__name__, error,
+                "failures are counted in %s",
+                slot.source.name, type(error).__name__, error, names.RECORDER_DROPPED,
             )
         if slot.failures >= MAX_CONSECUTIVE_FAILURES:
             slot.disabled = True

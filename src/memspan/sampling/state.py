@@ -11,24 +11,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from memspan import names
 from memspan.sources.base import AttributeItems, Reading
-
-WINDOW_PEAK_METRICS = frozenset(
-    {
-        names.PROCESS_MEMORY_WINDOW_PEAK,
-        names.TORCH_ALLOCATED_WINDOW_PEAK,
-        names.TORCH_RESERVED_WINDOW_PEAK,
-    }
-)
 
 SeriesKey = tuple[str, AttributeItems]
 
 
 class SamplerState:
-    """Latest values and window peaks, keyed by (metric, attributes)."""
+    """Latest values and window peaks, keyed by (metric, attributes).
 
-    def __init__(self) -> None:
+    ``window_peaks`` names the metrics whose window peak is kept (the catalogue's
+    window-peak rows).
+    """
+
+    def __init__(self, window_peaks: frozenset[str] = frozenset()) -> None:
+        self._window_peaks = window_peaks
         self._lock = threading.Lock()
         self._latest: dict[SeriesKey, int | float] = {}
         self._window: dict[SeriesKey, int | float] = {}
@@ -37,10 +33,11 @@ class SamplerState:
         with self._lock:
             latest = self._latest
             window = self._window
+            window_peaks = self._window_peaks
             for reading in readings:
                 key = (reading.metric, reading.attributes)
                 latest[key] = reading.value
-                if reading.metric in WINDOW_PEAK_METRICS:
+                if reading.metric in window_peaks:
                     previous = window.get(key)
                     if previous is None or reading.value > previous:
                         window[key] = reading.value

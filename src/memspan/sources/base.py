@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from memspan import names
+from memspan.metric_catalogue import Cadence, MetricRow
+
 AttributeItems = tuple[tuple[str, str], ...]
 
 
@@ -47,19 +50,26 @@ class DeviceIdentity:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def attributes(self) -> AttributeItems:
-        items = [("hw.id", self.hw_id)]
+        items = [(names.HW_ID, self.hw_id)]
         if self.name:
-            items.append(("hw.name", self.name))
+            items.append((names.HW_NAME, self.name))
         if self.vendor:
-            items.append(("hw.vendor", self.vendor))
+            items.append((names.HW_VENDOR, self.vendor))
         return tuple(sorted(items))
 
 
 @runtime_checkable
 class MemorySource(Protocol):
-    """What the sampler needs from a source of memory figures."""
+    """What the sampler needs from a source of memory figures.
+
+    ``metrics`` are the catalogue rows of every metric the source reports (see
+    :mod:`memspan.metric_catalogue`); ``cadence`` says whether the sampler asks it every tick
+    or every ``slow_interval`` (both are class attributes of the implementations).
+    """
 
     name: str
+    cadence: Cadence
+    metrics: tuple[MetricRow, ...]
 
     def probe(self) -> SourceStatus:
         """Check once whether this source can measure anything on this host."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from memspan import names
+from memspan.metric_catalogue import BYTES, ONE, Cadence, InstrumentKind, MetricRow
+from memspan.oom.events import EventType
 from memspan.sources.base import DeviceIdentity, Reading, SourceStatus
 
 _UNLIMITED_THRESHOLD = 1 << 62
@@ -126,6 +128,16 @@ class CgroupMemorySource:
     """Cgroup memory usage, limit (when set) and OOM-kill count."""
 
     name = "cgroup"
+    cadence: Cadence = Cadence.FAST
+    metrics: tuple[MetricRow, ...] = (
+        MetricRow(names.CGROUP_MEMORY_USAGE, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "Memory charged to this process's cgroup"),
+        MetricRow(names.CGROUP_MEMORY_LIMIT, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "Memory limit of this process's cgroup"),
+        MetricRow(names.CGROUP_OOM_KILLS, InstrumentKind.COUNTER, ONE,
+                  "Processes the kernel OOM-killed in this cgroup",
+                  counter_event=EventType.CGROUP_OOM_KILL),
+    )
 
     def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys") -> None:
         self._proc_root = proc_root

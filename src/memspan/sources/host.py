@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from memspan import names
+from memspan.metric_catalogue import BYTES, Cadence, InstrumentKind, MetricRow
 from memspan.sources.base import DeviceIdentity, Reading, SourceStatus
 
 try:
@@ -30,6 +31,13 @@ class HostMemorySource:
     """RSS and peak RSS of the current process."""
 
     name = "host"
+    cadence: Cadence = Cadence.FAST
+    metrics: tuple[MetricRow, ...] = (
+        MetricRow(names.PROCESS_MEMORY_USAGE, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "Resident set size of this process"),
+        MetricRow(names.PROCESS_MEMORY_WINDOW_PEAK, InstrumentKind.GAUGE, BYTES,
+                  "Highest RSS since the previous export", window_peak=True),
+    )
 
     def __init__(self, proc_root: str = "/proc") -> None:
         self._statm_path = os.path.join(proc_root, "self", "statm")

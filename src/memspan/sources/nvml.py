@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from memspan import names
+from memspan.metric_catalogue import BYTES, ONE, Cadence, InstrumentKind, MetricRow
 from memspan.sources.base import DeviceIdentity, Reading, SourceStatus
 
 _logger = logging.getLogger(__name__)
@@ -35,6 +36,19 @@ class NvmlSource:
     """``hw.gpu.memory.*``, ``hw.gpu.utilization`` and this process's GPU memory via NVML."""
 
     name = "nvml"
+    cadence: Cadence = Cadence.SLOW  # NVML calls are slow: sampled every slow_interval
+    metrics: tuple[MetricRow, ...] = (
+        MetricRow(names.GPU_MEMORY_USAGE, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "GPU memory in use (NVML)"),
+        MetricRow(names.GPU_MEMORY_LIMIT, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "GPU memory capacity (NVML)"),
+        MetricRow(names.GPU_MEMORY_UTILIZATION, InstrumentKind.GAUGE, ONE,
+                  "Fraction of GPU memory in use (NVML)"),
+        MetricRow(names.GPU_UTILIZATION, InstrumentKind.GAUGE, ONE,
+                  "Fraction of time the GPU was busy (NVML)"),
+        MetricRow(names.GPU_PROCESS_MEMORY_USAGE, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "GPU memory this process uses (NVML)"),
+    )
 
     def __init__(self, nvml: ModuleType | None = None, *, process_every: int = 5) -> None:
         self._nvml = nvml

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from memspan import names
+from memspan.metric_catalogue import BYTES, ONE, Cadence, InstrumentKind, MetricRow
+from memspan.oom.events import EventType
 from memspan.sources.base import DeviceIdentity, Reading, SourceStatus
 
 
@@ -149,6 +151,26 @@ class TorchAllocatorSource:
     """Allocated/reserved/active/inactive-split bytes and retry/OOM counters per device."""
 
     name = "torch"
+    cadence: Cadence = Cadence.FAST
+    metrics: tuple[MetricRow, ...] = (
+        MetricRow(names.TORCH_ALLOCATED, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "Bytes allocated to tensors by the torch allocator"),
+        MetricRow(names.TORCH_RESERVED, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "Bytes reserved by the torch caching allocator"),
+        MetricRow(names.TORCH_ACTIVE, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "Bytes in active allocator blocks"),
+        MetricRow(names.TORCH_INACTIVE_SPLIT, InstrumentKind.UP_DOWN_COUNTER, BYTES,
+                  "Bytes in inactive, non-releasable split blocks"),
+        MetricRow(names.TORCH_ALLOC_RETRIES, InstrumentKind.COUNTER, ONE,
+                  "Allocator retries after a cache flush", counter_event=EventType.ALLOC_RETRY),
+        MetricRow(names.TORCH_OOMS, InstrumentKind.COUNTER, ONE,
+                  "Out-of-memory errors raised by the torch allocator",
+                  counter_event=EventType.ALLOCATOR_OOM),
+        MetricRow(names.TORCH_ALLOCATED_WINDOW_PEAK, InstrumentKind.GAUGE, BYTES,
+                  "Highest allocated bytes since the previous export", window_peak=True),
+        MetricRow(names.TORCH_RESERVED_WINDOW_PEAK, InstrumentKind.GAUGE, BYTES,
+                  "Highest reserved bytes since the previous export", window_peak=True),
+    )
 
     def __init__(self, api: TorchCudaApi | None = None) -> None:
         self.api: TorchCudaApi = api if api is not None else RealTorchCuda()
