@@ -182,7 +182,9 @@ class FlightRecorderService:
                 event["allocated"] = entry.allocator.allocated
         self.recorder.ring.record_owned(event)
         if self.breadcrumbs is not None:
-            self.breadcrumbs.flush()
+            # force: wait for a flush another thread is doing rather than leave this start to
+            # it; a SIGKILL right after would otherwise take the phase stack with it
+            self.breadcrumbs.flush(force=True)
 
     def phase_ended(self, phase: PhaseSpan) -> None:
         """One ``phase_end`` ring event per finished phase, with its start and end figures
