@@ -83,6 +83,19 @@ def telemetry() -> Iterator[Telemetry]:
     t.tracker.shutdown()
 
 
+@pytest.fixture(params=["deferred", "sdk"])
+def telemetry_on_both_span_paths(request: pytest.FixtureRequest) -> Iterator[Telemetry]:
+    """A telemetry fixture for modules whose tests must hold on both span paths: spans built
+    off the caller's thread, and ordinary SDK spans (the fallback). A module opts in with
+    ``telemetry = telemetry_on_both_span_paths``."""
+    from memspan import MemspanConfig
+
+    t = make_telemetry(config=MemspanConfig(span_mode=request.param))
+    assert t.tracker.span_path.mode == request.param
+    yield t
+    t.tracker.shutdown()
+
+
 @pytest.fixture
 def telemetry_factory() -> Iterator[Any]:
     made: list[Telemetry] = []

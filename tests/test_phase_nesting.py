@@ -13,20 +13,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from conftest import Telemetry, make_telemetry
-from memspan import MemspanConfig, names
+from conftest import Telemetry, telemetry_on_both_span_paths
+from memspan import names
 from memspan.drops import PHASE_MISNESTED, PHASE_PATH_TRUNCATED
 from memspan.runtime import MAX_DEPTH
 
-
-@pytest.fixture(params=["deferred", "sdk"])
-def telemetry(request: pytest.FixtureRequest) -> Iterator[Telemetry]:
-    """Every test here runs on both span paths: spans built off the caller's thread, and
-    ordinary SDK spans (the fallback)."""
-    t = make_telemetry(config=MemspanConfig(span_mode=request.param))
-    assert t.tracker.span_path.mode == request.param
-    yield t
-    t.tracker.shutdown()
+telemetry = telemetry_on_both_span_paths  # every test here runs on both paths
 
 
 

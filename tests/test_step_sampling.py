@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from conftest import Telemetry, make_telemetry
+from conftest import Telemetry, telemetry_on_both_span_paths
 from memspan import MemspanConfig, names
 from memspan.step_sampling import StepSampler, StepSamplingConfig
 
-
-@pytest.fixture(params=["deferred", "sdk"])
-def telemetry(request: pytest.FixtureRequest) -> Iterator[Telemetry]:
-    """Every test here runs on both span paths: spans built off the caller's thread, and
-    ordinary SDK spans (the fallback)."""
-    t = make_telemetry(config=MemspanConfig(span_mode=request.param))
-    assert t.tracker.span_path.mode == request.param
-    yield t
-    t.tracker.shutdown()
+telemetry = telemetry_on_both_span_paths  # every test here runs on both paths
 
 
 

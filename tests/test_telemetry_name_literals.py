@@ -10,37 +10,17 @@ from __future__ import annotations
 import ast
 import importlib
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import opentelemetry.semconv
 
-from test_vocabulary_literals import _docstrings
+from literal_scan import SRC, _docstrings, literal_names, literals_outside
 
-SRC = Path(__file__).parents[1] / "src" / "memspan"
 HOME = SRC / "names.py"
 # A dotted name in one of the namespaces memspan emits or reads; a name followed by "(" is a
 # call of memspan's Python API in a message, not telemetry.
 NAME = re.compile(r"(?<![\w.])(?:memspan|hw|process|thread|exception|service|host)"
                   r"\.[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*(?![\w.(])")
-
-
-def literal_names(source: str) -> Iterator[str]:
-    tree = ast.parse(source)
-    skip = _docstrings(tree)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
-            yield from NAME.findall(node.value)
-
-
-def found() -> set[tuple[str, str]]:
-    out = set()
-    for path in sorted(SRC.rglob("*.py")):
-        if path == HOME:
-            continue
-        for name in literal_names(path.read_text()):
-            out.add((str(path.relative_to(SRC)), name))
-    return out
 
 
 def test_no_telemetry_name_literal_outside_the_vocabulary() -> None:
@@ -54,7 +34,7 @@ def test_the_detector_sees_literals_and_ignores_docstrings_and_api_calls() -> No
               '    log("call memspan.shutdown() first")\n'
               '    return a.get("process.pid"), f"{x} memspan.recorder.dropped", "thread.id",\\\n'
               '        ("memspan.run" + ".peak_bytes"), "exception.type", "service.name"\n')
-    assert sorted(literal_names(source)) == [
+    assert sorted(literal_names(source, NAME)) == [
         "exception.type", "memspan.recorder.dropped", "memspan.run", "process.pid",
         "service.name", "thread.id"]
 
@@ -86,3 +66,7 @@ def test_names_take_semantic_convention_names_from_semconv() -> None:
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
         and id(node) not in skip and node.value in semconv)
     assert not spelled, f"names.py spells names the semantic conventions define: {spelled}"
+
+
+def found() -> set[tuple[str, str]]:
+    return literals_outside(HOME, NAME)

@@ -7,7 +7,7 @@ import contextvars
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,21 +15,13 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 import memspan
-from conftest import Telemetry, make_telemetry
+from conftest import Telemetry, telemetry_on_both_span_paths
 from fakes import FakeCudaApi
-from memspan import MemspanConfig, PhaseProtocolError, names
+from memspan import PhaseProtocolError, names
 from memspan.sources.host import HostMemorySource
 from memspan.sources.torch_allocator import TorchAllocatorSource
 
-
-@pytest.fixture(params=["deferred", "sdk"])
-def telemetry(request: pytest.FixtureRequest) -> Iterator[Telemetry]:
-    """Every test here runs on both span paths: spans built off the caller's thread, and
-    ordinary SDK spans (the fallback)."""
-    t = make_telemetry(config=MemspanConfig(span_mode=request.param))
-    assert t.tracker.span_path.mode == request.param
-    yield t
-    t.tracker.shutdown()
+telemetry = telemetry_on_both_span_paths  # every test here runs on both paths
 
 
 

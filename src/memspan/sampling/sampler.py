@@ -23,12 +23,12 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from memspan import names
 from memspan.drops import LISTENER_ERROR, SOURCE_ERROR, DropLedger
+from memspan.fork_safety import reset_in_forked_children
 from memspan.metric_catalogue import Cadence, MetricCatalogue, source_cadence
 from memspan.sampling.history import MaxHistory
 from memspan.sampling.state import SamplerState
@@ -99,7 +99,7 @@ class Sampler:
         self._lifecycle = threading.Lock()
         self.ticks = 0
         self._pid = os.getpid()
-        _register_fork_handler(self)
+        reset_in_forked_children(self)
 
     @property
     def sources(self) -> list[MemorySource]:
@@ -259,16 +259,3 @@ class Sampler:
                 "memspan: memory source %r failed %d times in a row; it is no longer sampled",
                 slot.source.name, slot.failures,
             )
-
-
-def _register_fork_handler(sampler: Sampler) -> None:
-    if not hasattr(os, "register_at_fork"):
-        return
-    ref = weakref.ref(sampler)
-
-    def after_in_child() -> None:
-        target = ref()
-        if target is not None:
-            target._after_fork_in_child()
-
-    os.register_at_fork(after_in_child=after_in_child)
