@@ -86,8 +86,8 @@ def telemetry() -> Iterator[Telemetry]:
 @pytest.fixture(params=["deferred", "sdk"])
 def telemetry_on_both_span_paths(request: pytest.FixtureRequest) -> Iterator[Telemetry]:
     """A telemetry fixture for modules whose tests must hold on both span paths: spans built
-    off the caller's thread, and ordinary SDK spans (the fallback). A module opts in with
-    ``telemetry = telemetry_on_both_span_paths``."""
+    off the caller's thread, and ordinary SDK spans (the fallback). A module opts in by
+    defining its ``telemetry`` fixture as this one."""
     from memspan import MemspanConfig
 
     t = make_telemetry(config=MemspanConfig(span_mode=request.param))

@@ -13,12 +13,16 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from conftest import Telemetry, telemetry_on_both_span_paths
+from conftest import Telemetry
 from memspan import names
 from memspan.drops import PHASE_MISNESTED, PHASE_PATH_TRUNCATED
 from memspan.runtime import MAX_DEPTH
 
-telemetry = telemetry_on_both_span_paths  # every test here runs on both paths
+
+@pytest.fixture
+def telemetry(telemetry_on_both_span_paths: Telemetry) -> Telemetry:
+    """Every test here runs on both span paths (see conftest)."""
+    return telemetry_on_both_span_paths
 
 
 

@@ -6,11 +6,15 @@ from typing import Any
 
 import pytest
 
-from conftest import Telemetry, telemetry_on_both_span_paths
+from conftest import Telemetry
 from memspan import MemspanConfig, names
 from memspan.step_sampling import StepSampler, StepSamplingConfig
 
-telemetry = telemetry_on_both_span_paths  # every test here runs on both paths
+
+@pytest.fixture
+def telemetry(telemetry_on_both_span_paths: Telemetry) -> Telemetry:
+    """Every test here runs on both span paths (see conftest)."""
+    return telemetry_on_both_span_paths
 
 
 

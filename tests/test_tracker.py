@@ -15,13 +15,17 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 import memspan
-from conftest import Telemetry, telemetry_on_both_span_paths
+from conftest import Telemetry
 from fakes import FakeCudaApi
 from memspan import PhaseProtocolError, names
 from memspan.sources.host import HostMemorySource
 from memspan.sources.torch_allocator import TorchAllocatorSource
 
-telemetry = telemetry_on_both_span_paths  # every test here runs on both paths
+
+@pytest.fixture
+def telemetry(telemetry_on_both_span_paths: Telemetry) -> Telemetry:
+    """Every test here runs on both span paths (see conftest)."""
+    return telemetry_on_both_span_paths
 
 
 
