@@ -1,0 +1,56 @@
+"""Attack tests for the phase core (each failed on main when written; see the report)."""
+
+from __future__ import annotations
+
+import logging
+import tracemalloc
+from collections import Counter
+
+from conftest import make_telemetry
+from opentelemetry import trace
+
+from memspan.config import MemspanConfig
+
+
+def test_step_root_exported_once_when_its_step_overflows_in_the_roots_batch(
+        monkeypatch) -> None:
+    """A step with more phases than ``max_step_phases``, drained in the same batch as its root,
+    is released as ``overflow`` (root included, since it has ended) and then the root is routed
+    again from the batch: the root span is exported twice (and counted twice in histograms)."""
+    monkeypatch.setenv("MEMSPAN_STEP_KEEP_EVERY", "10")
+    t = make_telemetry(config=MemspanConfig.from_env())
+    try:
+        t.tracker.exporter.max_step_phases = 4
+        with t.tracker.phase("step"):
+            for _ in range(6):
+                with t.tracker.phase("inner"):
+                    pass
+        spans = t.finished()
+        ids = Counter(s.context.span_id for s in spans)
+        assert all(n == 1 for n in ids.values()), Counter(s.name for s in spans)
+    finally:
+        t.tracker.shutdown()
+
+
+def test_events_attributes_links_on_current_phase_span_are_bounded() -> None:
+    """``trace.get_current_span().add_event`` (or set_attribute/add_link) inside a long phase
+    grows the PhaseSpan without bound on the caller's thread; the SDK's span keeps at most the
+    span limits (128 each by default). Memory must stay bounded."""
+    logging.getLogger("opentelemetry.attributes").setLevel(logging.CRITICAL)
+    t = make_telemetry()
+    try:
+        tracemalloc.start()
+        try:
+            with t.tracker.phase("train"):
+                span = trace.get_current_span()
+                base = tracemalloc.get_traced_memory()[0]
+                for i in range(50_000):
+                    span.add_event("tick", {"i": i})
+                    span.set_attribute(f"k{i}", i)
+                    span.add_link(trace.SpanContext(1, i + 1, False))
+                grown = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+        assert grown < 8 << 20, f"{grown / 1e6:.1f} MB held by one phase span"
+    finally:
+        t.tracker.shutdown()
