@@ -54,3 +54,33 @@ def test_events_attributes_links_on_current_phase_span_are_bounded() -> None:
         assert grown < 8 << 20, f"{grown / 1e6:.1f} MB held by one phase span"
     finally:
         t.tracker.shutdown()
+
+
+def test_phase_inherited_by_a_forked_child_is_not_exported_again_by_the_child() -> None:
+    """A phase open in the parent at ``os.fork()`` and closed in the child (the child leaves the
+    with-block, e.g. by returning or through ``sys.exit``) is exported by the child with the
+    parent's span id; the parent exports it too: two spans with one span id."""
+    import os
+
+    t = make_telemetry()
+    tracker = t.tracker
+    read_end, write_end = os.pipe()
+    with tracker.phase("outer"):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            os.close(read_end)
+    if pid == 0:  # pragma: no cover - child
+        try:
+            names = [s.name for s in t.finished()]
+            os.write(write_end, ",".join(names).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        child_exported = pipe.read().split(",")
+    try:
+        assert t.span("outer")
+        assert "outer" not in child_exported, "the child exported the parent's phase again"
+    finally:
+        tracker.shutdown()
