@@ -84,3 +84,24 @@ def test_phase_inherited_by_a_forked_child_is_not_exported_again_by_the_child() 
         assert "outer" not in child_exported, "the child exported the parent's phase again"
     finally:
         tracker.shutdown()
+
+
+def test_sdk_span_path_keeps_figures_when_user_code_ends_the_current_span(monkeypatch) -> None:
+    """On the ``sdk`` span path (any processor with on_start work, a non-SDK or proxy
+    provider, or MEMSPAN_SPAN_MODE=sdk) ``trace.get_current_span()`` is the real SDK span, so
+    ``with span:`` / ``span.end()`` inside a phase ends it early: the exported phase span has
+    none of its exit figures (rss.end, peak, retained). On the deferred path the same calls are
+    ignored and the figures are there."""
+    monkeypatch.setenv("MEMSPAN_SPAN_MODE", "sdk")
+    t = make_telemetry(config=MemspanConfig.from_env())
+    try:
+        with t.tracker.phase("a"):
+            with trace.get_current_span():
+                pass
+        with t.tracker.phase("b"):
+            trace.get_current_span().end()
+        for name in ("a", "b"):
+            attributes = t.span(name).attributes
+            assert "memspan.memory.rss.end" in attributes, (name, dict(attributes))
+    finally:
+        t.tracker.shutdown()
