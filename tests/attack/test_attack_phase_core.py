@@ -105,3 +105,21 @@ def test_sdk_span_path_keeps_figures_when_user_code_ends_the_current_span(monkey
             assert "memspan.memory.rss.end" in attributes, (name, dict(attributes))
     finally:
         t.tracker.shutdown()
+
+
+def test_phase_open_at_tracker_shutdown_is_exported_or_counted() -> None:
+    """A phase still open when its tracker shuts down (``memspan.shutdown()`` inside the
+    outermost phase, or ``configure()`` replacing the tracker) ends later into a buffer no
+    worker drains: it is neither exported nor counted in the drop ledger, against 'every drop
+    is counted'. The same holds for every phase opened after shutdown."""
+    from memspan.drops import DropLedger
+
+    ledger = DropLedger()
+    t = make_telemetry(ledger=ledger)
+    with t.tracker.phase("train"):
+        with t.tracker.phase("step"):
+            pass
+        t.tracker.shutdown()
+    exported = [s.name for s in t.spans.get_finished_spans()]
+    counted = sum(ledger.snapshot().values())
+    assert "train" in exported or counted >= 1, (exported, ledger.snapshot())
