@@ -123,3 +123,33 @@ def test_phase_open_at_tracker_shutdown_is_exported_or_counted() -> None:
     exported = [s.name for s in t.spans.get_finished_spans()]
     counted = sum(ledger.snapshot().values())
     assert "train" in exported or counted >= 1, (exported, ledger.snapshot())
+
+
+def test_step_sampling_applies_on_the_sdk_span_path(monkeypatch) -> None:
+    """``MEMSPAN_STEP_KEEP_EVERY=10`` is silently ignored whenever phases take the ``sdk`` path
+    (chosen automatically for any span processor with ``on_start`` work, a proxy or non-SDK
+    provider): every step is exported with keep reason ``all``. docs/configuration.md and
+    README promise one ordinary step in ten and mention no such exception."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Enricher(SpanProcessor):  # a processor that works in on_start, as many do
+        def on_start(self, span, parent_context=None):  # type: ignore[no-untyped-def]
+            span.set_attribute("enriched", True)
+
+    monkeypatch.setenv("MEMSPAN_STEP_KEEP_EVERY", "10")
+    monkeypatch.setenv("MEMSPAN_STEP_KEEP_FIRST", "0")
+    monkeypatch.setenv("MEMSPAN_STEP_PEAK_INCREASE_MB", "1048576")
+    monkeypatch.setenv("MEMSPAN_STEP_KEEP_RETAINED_MB", "1048576")
+    t = make_telemetry(config=MemspanConfig.from_env())
+    try:
+        t.tracer_provider.add_span_processor(Enricher())
+        t.tracker._recheck_span_path()
+        assert t.tracker.span_path.mode == "sdk"
+        for _ in range(30):
+            with t.tracker.phase("step"):
+                pass
+        steps = [s for s in t.finished() if s.name == "step"]
+        reasons = Counter(s.attributes.get("memspan.step.keep_reason") for s in steps)
+        assert len(steps) <= 5, reasons
+    finally:
+        t.tracker.shutdown()
