@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+
 from conftest import make_telemetry
 
 
@@ -40,9 +41,8 @@ def test_interrupt_right_after_the_phase_is_made_current_does_not_leak_it() -> N
     try:
         sys.settrace(_raise_at("_enter", "phase_core", KeyboardInterrupt()))
         try:
-            with pytest.raises(KeyboardInterrupt):
-                with t.tracker.phase("outer"):
-                    pass
+            with pytest.raises(KeyboardInterrupt), t.tracker.phase("outer"):
+                pass
         finally:
             sys.settrace(None)
         assert t.tracker.current_phase() is None, t.tracker.current_phase()
@@ -59,9 +59,8 @@ def test_signal_handler_exception_during_exit_figures_reaches_the_user() -> None
     try:
         sys.settrace(_raise_at("exit", "boundary", error))
         try:
-            with pytest.raises(TimeoutError) as caught:
-                with t.tracker.phase("step"):
-                    pass
+            with pytest.raises(TimeoutError) as caught, t.tracker.phase("step"):
+                pass
         finally:
             sys.settrace(None)
         assert caught.value is error

@@ -6,9 +6,9 @@ import logging
 import tracemalloc
 from collections import Counter
 
-from conftest import make_telemetry
 from opentelemetry import trace
 
+from conftest import make_telemetry
 from memspan.config import MemspanConfig
 
 
@@ -95,9 +95,8 @@ def test_sdk_span_path_keeps_figures_when_user_code_ends_the_current_span(monkey
     monkeypatch.setenv("MEMSPAN_SPAN_MODE", "sdk")
     t = make_telemetry(config=MemspanConfig.from_env())
     try:
-        with t.tracker.phase("a"):
-            with trace.get_current_span():
-                pass
+        with t.tracker.phase("a"), trace.get_current_span():
+            pass
         with t.tracker.phase("b"):
             trace.get_current_span().end()
         for name in ("a", "b"):

@@ -1,5 +1,6 @@
 import memspan
 
+
 @memspan.phase("load_data")        # decorator at import time, as README's API section shows
 def load_data():
     return [1, 2, 3]
