@@ -152,3 +152,19 @@ def test_step_sampling_applies_on_the_sdk_span_path(monkeypatch) -> None:
         assert len(steps) <= 5, reasons
     finally:
         t.tracker.shutdown()
+
+
+def test_exception_event_of_an_escaping_exception_says_escaped() -> None:
+    """The ``exception`` event memspan records for an exception escaping a phase carries
+    ``exception.escaped = "False"``; the SDK's span records ``"True"`` in that case."""
+    t = make_telemetry()
+    try:
+        try:
+            with t.tracker.phase("p"):
+                raise ValueError("v")
+        except ValueError:
+            pass
+        (event,) = t.span("p").events
+        assert event.attributes["exception.escaped"] == "True"
+    finally:
+        t.tracker.shutdown()
