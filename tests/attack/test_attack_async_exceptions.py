@@ -1,0 +1,68 @@
+"""Exceptions delivered asynchronously (signal handlers run between any two bytecodes).
+
+A trace function that raises on a chosen event stands in for a signal handler raising at that
+point, deterministically: Python delivers a signal handler's exception exactly so.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from conftest import make_telemetry
+
+
+def _raise_at(function: str, module_part: str, error: BaseException
+              ) -> Callable[[FrameType, str, Any], Any]:
+    fired = []
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if (not fired and frame.f_code.co_name == function
+                and module_part in frame.f_code.co_filename):
+            if event == "return":
+                fired.append(True)
+                raise error
+            return tracer
+        return tracer if event == "call" and frame.f_code.co_name == function else None
+
+    return tracer
+
+
+def test_interrupt_right_after_the_phase_is_made_current_does_not_leak_it() -> None:
+    """Ctrl-C (KeyboardInterrupt) arriving just after ``PhaseCore._enter`` attached the phase's
+    context, before ``PhaseScope`` stored it: ``__exit__`` never runs, the phase stays current
+    forever, and every later phase of the thread (a Jupyter kernel survives Ctrl-C) nests under
+    a phantom ``outer`` that is never exported."""
+    t = make_telemetry()
+    try:
+        sys.settrace(_raise_at("_enter", "phase_core", KeyboardInterrupt()))
+        try:
+            with pytest.raises(KeyboardInterrupt), t.tracker.phase("outer"):
+                pass
+        finally:
+            sys.settrace(None)
+        assert t.tracker.current_phase() is None, t.tracker.current_phase()
+    finally:
+        t.tracker.shutdown()
+
+
+def test_signal_handler_exception_during_exit_figures_reaches_the_user() -> None:
+    """A ``signal.alarm`` step timeout (a handler raising ``TimeoutError``) that fires while
+    memspan reads a phase's exit figures is swallowed as a ``callback_error``: the user's
+    timeout never reaches their code."""
+    t = make_telemetry()
+    error = TimeoutError("step took too long")
+    try:
+        sys.settrace(_raise_at("exit", "boundary", error))
+        try:
+            with pytest.raises(TimeoutError) as caught, t.tracker.phase("step"):
+                pass
+        finally:
+            sys.settrace(None)
+        assert caught.value is error
+    finally:
+        t.tracker.shutdown()

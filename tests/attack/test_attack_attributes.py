@@ -1,0 +1,46 @@
+"""User attributes at the edge: only OTel-valid values may pass, other values are stringified."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import make_telemetry
+
+
+def test_integer_attribute_beyond_int64_is_stringified() -> None:
+    """``phase("p", batch=2**70)`` keeps a Python int that OTLP cannot carry (int64): the OTLP
+    encoder logs a traceback and drops the key. docs/telemetry.md: values that are not OTel
+    attribute values are stringified."""
+    t = make_telemetry()
+    try:
+        with t.tracker.phase("p", batch=2**70):
+            pass
+        value = t.span("p").attributes["batch"]
+        assert isinstance(value, str) or -(2**63) <= value < 2**63, value
+    finally:
+        t.tracker.shutdown()
+
+
+def test_attribute_whose_str_raises_gives_a_documented_error() -> None:
+    """A value whose ``__str__`` raises makes ``phase()`` raise that RuntimeError from inside
+    memspan's stringification, not a ValueError/TypeError naming the attribute (nor a
+    placeholder string)."""
+
+    class Opaque:
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    t = make_telemetry()
+    try:
+        try:
+            with t.tracker.phase("p", thing=Opaque()):
+                pass
+        except (ValueError, TypeError) as error:
+            assert "thing" in str(error)
+        except RuntimeError as error:
+            pytest.fail(f"memspan let {error!r} out while stringifying attribute 'thing'")
+    finally:
+        t.tracker.shutdown()
