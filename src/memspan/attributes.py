@@ -1,7 +1,8 @@
 """Validation of the attributes users attach to phases, done once at the phase edge.
 
-Invariants: values of OpenTelemetry attribute types (str, bool, int, float and homogeneous
-sequences of them) pass through unchanged; any other value is stringified, never dropped,
+Invariants: values of OpenTelemetry attribute types (str, bool, int within 64 bits, float and
+homogeneous sequences of them) pass through unchanged; any other value is stringified (a value
+that cannot be is a ``TypeError`` naming its key), never dropped,
 with a warning the first time; keys in the reserved ``memspan.`` namespace are rejected with
 an error, because they would overwrite the figures memspan itself reports.
 """
@@ -19,13 +20,32 @@ from memspan.names import RESERVED_PREFIX
 _SCALARS = (str, bool, int, float)
 
 
+_INT64 = range(-(1 << 63), 1 << 63)
+
+
+def _is_otel_scalar(value: object) -> bool:
+    """A value OTLP can carry: integers must fit in 64 bits (OTLP's ``int_value``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value in _INT64
+    return isinstance(value, _SCALARS)
+
+
 def _is_otel_value(value: object) -> bool:
-    if isinstance(value, _SCALARS):
+    if _is_otel_scalar(value):
         return True
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         kinds = {type(item) for item in value}
-        return len(kinds) <= 1 and all(isinstance(item, _SCALARS) for item in value)
+        return len(kinds) <= 1 and all(_is_otel_scalar(item) for item in value)
     return False
+
+
+def _as_text(key: str, value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        raise TypeError(f"phase attribute {key!r}: a value of type {type(value).__name__} "
+                        "that is not an OpenTelemetry attribute type and cannot be turned into "
+                        "text (its __str__ raised)") from None
 
 
 def clean_attributes(
@@ -49,5 +69,5 @@ def clean_attributes(
                 warning=f"phase attribute {key!r} of type {type(value).__name__} is not an "
                 "OpenTelemetry attribute type; it was stringified",
             )
-            cleaned[key] = str(value)
+            cleaned[key] = _as_text(key, value)
     return cleaned

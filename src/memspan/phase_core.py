@@ -45,6 +45,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from memspan.attributes import clean_attributes
 from memspan.boundary import BoundaryReader
 from memspan.drops import CALLBACK_ERROR, PHASE_MISNESTED, PHASE_PATH_TRUNCATED, DropLedger
+from memspan.fork_safety import reset_in_forked_children
 from memspan.names import PATH_SEPARATOR
 from memspan.phase_export import PhaseExporter, start_attributes
 from memspan.phase_span import PhaseSpan, exception_attributes
@@ -109,7 +110,13 @@ class PhaseCore:
         self._key = otel_context.create_key("memspan-phase")
         self._sequence = itertools.count(1)
         self._names: dict[object, str] = {}
+        #: phases with a lower sequence were opened by the parent of this forked process
+        self._inherited_below = 0
         self._bind(span_path)
+        reset_in_forked_children(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._inherited_below = next(self._sequence)
 
     def _bind(self, span_path: SpanPath) -> None:
         self.span_path = span_path
@@ -212,10 +219,9 @@ class PhaseCore:
         is_root = trace_root if trace_root is not None else clean in self.trace_roots
         if self._fast:
             self._start_span(phase, outer, base, is_root)
-            current: trace.Span = phase
-        else:
-            current = self._start_sdk_span(phase, outer, base, is_root)
-        self._enter(phase, ctx, current)
+        else:  # the SDK span carries the phase; the phase stays what user code sees
+            self._start_sdk_span(phase, outer, base, is_root)
+        self._enter(phase, ctx)
         return phase
 
     def _take_over(self, auto_phase: PhaseSpan, user: dict[str, Any] | None,
@@ -240,10 +246,10 @@ class PhaseCore:
         if step is not None and step.root is auto_phase:
             step.root = phase
         auto_phase.dissolved = True
-        self._enter(phase, ctx, phase)
+        self._enter(phase, ctx)
         return phase
 
-    def _enter(self, phase: PhaseSpan, ctx: Context, current: trace.Span) -> None:
+    def _enter(self, phase: PhaseSpan, ctx: Context) -> None:
         """Entry figures, start time, and the phase made current (the last step of opening)."""
         entry = phase.entry = self._boundary.entry()
         if entry.allocator is not None and self.on_first_device_phase is not None:
@@ -255,7 +261,7 @@ class PhaseCore:
         phase.start_ns = time.time_ns()
         values = dict(ctx)
         values[self._key] = phase
-        values[_SPAN_KEY] = current
+        values[_SPAN_KEY] = phase
         phase.context_token = otel_context.attach(Context(values))
         started = self.on_phase_start
         if started is not None:
@@ -270,8 +276,6 @@ class PhaseCore:
         parent = phase.parent
         if type(outer) is PhaseSpan:
             outer_context = outer.span_context
-        elif parent is not None and outer is parent.sdk_span:  # a phase's span (sdk path)
-            outer_context = parent.span_context
         elif isinstance(outer, trace.Span):
             outer_context = outer.get_span_context()
             if outer_context.is_valid:
@@ -320,7 +324,7 @@ class PhaseCore:
         self._place_in_step(phase, is_root)
 
     def _start_sdk_span(self, phase: PhaseSpan, outer: Any, base: Context,
-                        is_root: bool) -> trace.Span:
+                        is_root: bool) -> None:
         parent_context, is_root = self._span_parent(phase, outer, is_root)
         if is_root:
             phase.trace_root = True  # a start attribute
@@ -329,11 +333,12 @@ class PhaseCore:
             kind=SpanKind.INTERNAL, attributes=start_attributes(phase), links=phase.links,
         )
         phase.sdk_span = span
+        if phase.links:
+            phase.links = ()  # on the SDK span now; later ones are added to it at the end
         phase.span_context = span.get_span_context()
         phase.parent_span_context = parent_context
         phase.recording = span.is_recording()
         self._place_in_step(phase, is_root)
-        return span
 
     def _place_in_step(self, phase: PhaseSpan, is_root: bool) -> None:
         if is_root:
@@ -361,6 +366,8 @@ class PhaseCore:
         phase.closed = True
         if phase.gen_frame is not None:
             phase.gen_frame = None
+        if phase.sequence < self._inherited_below:
+            return  # opened before a fork: the parent process ends and exports it
         if self._sync and phase.sdk_span is None:
             self.exporter.submit(phase)
             self.exporter.drain()
@@ -381,8 +388,10 @@ class PhaseCore:
         except Exception:
             description = type(error).__name__
         if phase.recording:
-            phase.add_event("exception", exception_attributes(error))
-            phase.status = Status(StatusCode.ERROR, description)
+            phase.add_event("exception", exception_attributes(error, escaped=True))
+            status = phase.status
+            if status is None or status.status_code is not StatusCode.OK:  # OK is final
+                phase.status = Status(StatusCode.ERROR, description)
 
     def _restore_context(self, phase: PhaseSpan, *, unwinding: bool) -> None:
         """Put the context back as it was before ``phase`` opened, where that is safe.

@@ -24,6 +24,9 @@ Invariants:
   phases of the batch are still delivered.
 - Fork-safe: a forked child starts with an empty buffer (the parent's phases are the
   parent's to export) and its own worker.
+- After :meth:`PhaseExporter.shutdown`, a phase that still ends (it was open at shutdown, or
+  opened after) is delivered at once on the thread that ends it: never left in a buffer
+  nobody drains.
 """
 
 from __future__ import annotations
@@ -106,10 +109,15 @@ class PhaseExporter:
         self._waiting: OrderedDict[int, StepTrace] = OrderedDict()
         self._waiting_phases = 0
         self._closed = False
+        self._warned_sdk_sampling = False
         reset_in_forked_children(self)
 
     # -- the caller's side ------------------------------------------------------------------
     def submit(self, phase: PhaseSpan) -> None:
+        if self._closed:  # after shutdown no worker drains: deliver it now, on this thread
+            with self._drain_lock:
+                self._deliver([phase])
+            return
         pending = self._pending
         size = len(pending)
         if size >= self.max_pending:
@@ -159,6 +167,7 @@ class PhaseExporter:
         """Stop the worker and deliver what is pending; True when it ended in time."""
         self._stop.set()
         self._wake.set()
+        self._closed = True
         thread, self._thread = self._thread, None
         ended = True
         if thread is not None and thread is not threading.current_thread():
@@ -216,7 +225,15 @@ class PhaseExporter:
     def _deliver(self, batch: Sequence[PhaseSpan]) -> None:
         path = self._span_path()
         decided: list[tuple[PhaseSpan, bool]] = []
-        keeps_all = path.mode == SDK or self.steps.keeps_all
+        keeps_all = self.steps.keeps_all
+        if not keeps_all and path.mode == SDK:
+            keeps_all = True
+            if not self._warned_sdk_sampling:
+                self._warned_sdk_sampling = True
+                _logger.warning(
+                    "memspan: step sampling needs phase spans built by memspan (the deferred "
+                    "span path); phases are ordinary SDK spans here (%s), which must end once "
+                    "started, so every step is exported", path.reason)
         for phase in batch:
             step = phase.step
             if phase.dissolved or (step is not None and step.root.dissolved):
@@ -258,21 +275,23 @@ class PhaseExporter:
         reason = self.steps.decide(step)
         self._waiting.pop(step.root.span_context.trace_id, None)
         out = []
-        self._release(step, reason, out)
+        self._release(step, reason, out, with_root=True)
         keep = reason != DROPPED
         decided.extend((p, keep) for p in out)
 
-    def _release(self, step: StepTrace, reason: str, out: list[PhaseSpan]) -> None:
-        """Decide ``step`` (if not yet) and move its buffered phases (and root) to ``out``."""
+    def _release(self, step: StepTrace, reason: str, out: list[PhaseSpan],
+                 *, with_root: bool = False) -> None:
+        """Decide ``step`` (if not yet) and move its buffered phases to ``out``; its root too
+        when the root itself is being routed (``with_root``). Decided early (overflow,
+        shutdown), the root is routed on its own when it arrives, exactly once."""
         if step.decision is None:
             step.decision = reason
         self._count_step(step.decision)
         self._waiting_phases -= len(step.buffered)
         out.extend(step.buffered)
         step.buffered = []
-        root = step.root
-        if root.end_ns:
-            out.append(root)
+        if with_root:
+            out.append(step.root)
         self._close_step(step)
 
     def _close_step(self, step: StepTrace) -> None:
@@ -344,7 +363,13 @@ class PhaseExporter:
             add_exit_attributes(phase, attributes,
                                 step.decision if step is not None and phase is step.root
                                 else None)
+            if phase.extra_attributes:  # user calls on the current span (the phase)
+                attributes.update(phase.extra_attributes)
             span.set_attributes(attributes)
+            add_link = getattr(span, "add_link", None)
+            if add_link is not None:
+                for link in phase.links:  # added by user code after the span started
+                    add_link(link.context, link.attributes)
             for name, event_attributes, timestamp in phase.events or ():
                 span.add_event(name, event_attributes, timestamp)
             if phase.status is not None:

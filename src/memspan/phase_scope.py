@@ -96,10 +96,7 @@ class PhaseScope:
     @property
     def span(self) -> trace.Span | None:
         """The phase's current span (what ``trace.get_current_span()`` returns inside it)."""
-        phase = self._phase
-        if phase is None:
-            return None
-        return phase.sdk_span if phase.sdk_span is not None else phase
+        return self._phase
 
     def __call__(self, function: F) -> F:
         core, name, attributes, root = self._core, self._name, self._attributes, self._trace_root

@@ -17,6 +17,8 @@ Invariants:
   ``SpanContext``, nesting and figures; it is never exported, but it still counts in the
   histograms and the flight recorder.
 - Figures a source could not measure are ``None`` (absent from the span), never zero.
+- Bounded: at most ``MAX_RECORDED`` attributes set through the span, events (the newest)
+  and links are kept while it is open, whatever user code does with the current span.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
 
 #: an event as recorded on the caller's thread: (name, attributes, time in ns)
 RawEvent = tuple[str, Mapping[str, AttributeValue], int]
+#: the most attributes, events and links one phase span records on the caller's thread (the
+#: provider's span limits, 128 each by default, apply when the span is built)
+MAX_RECORDED = 1024
 
 
 class PhaseSpan(OpenScope, trace.Span):
@@ -72,7 +78,7 @@ class PhaseSpan(OpenScope, trace.Span):
     #: the ordinary SDK span of this phase (``sdk`` span path only)
     sdk_span: trace.Span | None = None
     extra_attributes: dict[str, AttributeValue] | None = None
-    events: list[RawEvent] | None = None
+    events: deque[RawEvent] | None = None
     status: Status | None = None
     error: str | None = None
     oom = False
@@ -121,38 +127,41 @@ class PhaseSpan(OpenScope, trace.Span):
         return self.recording and not self.end_ns
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
-        if not self.recording or self.end_ns:
-            return
-        if self.extra_attributes is None:
-            self.extra_attributes = {}
-        self.extra_attributes.update(attributes)
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         if not self.recording or self.end_ns:
             return
-        if self.extra_attributes is None:
-            self.extra_attributes = {}
-        self.extra_attributes[key] = value
+        extra = self.extra_attributes
+        if extra is None:
+            extra = self.extra_attributes = {}
+        if len(extra) >= MAX_RECORDED and key not in extra:
+            return  # bounded on the caller's thread; the provider's limits apply at export
+        extra[key] = value
 
     def add_event(self, name: str, attributes: Attributes = None,
                   timestamp: int | None = None) -> None:
         if not self.recording or self.end_ns:
             return
-        if self.events is None:
-            self.events = []
-        self.events.append((name, dict(attributes) if attributes else {},
+        self._append_event((name, dict(attributes) if attributes else {},
                             timestamp if timestamp is not None else time.time_ns()))
 
     def add_late_event(self, name: str, attributes: Mapping[str, AttributeValue]) -> None:
         """An event found after the phase ended (export worker, before the span is built)."""
-        if self.events is None:
-            self.events = []
-        self.events.append((name, dict(attributes), self.end_ns or time.time_ns()))
+        self._append_event((name, dict(attributes), self.end_ns or time.time_ns()))
+
+    def _append_event(self, event: RawEvent) -> None:
+        events = self.events
+        if events is None:
+            events = self.events = deque(maxlen=MAX_RECORDED)  # the newest are kept, as the SDK
+        events.append(event)
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         if not self.recording or self.end_ns or not context.is_valid:
             return
-        self.links = (*self.links, Link(context, attributes))
+        if len(self.links) < MAX_RECORDED:
+            self.links = (*self.links, Link(context, attributes))
 
     def update_name(self, name: str) -> None:
         """Ignored: a phase's name is its identity in paths, metrics and verdicts."""

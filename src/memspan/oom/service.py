@@ -293,7 +293,7 @@ class FlightRecorderService:
         if classification is None:
             return
         phase.oom = True
-        span = phase.sdk_span if phase.sdk_span is not None else phase
+        span = phase  # what user code sees as the current span, on either span path
         self._respond(error, classification, span, enclosing_non_phase_span(phase), phase,
                       context=phase.path_text)
 
