@@ -273,7 +273,6 @@ class PhaseCore:
     def _span_parent(self, phase: PhaseSpan, outer: Any, is_root: bool
                      ) -> tuple[SpanContext | None, bool]:
         """The parent span context (None: a new trace) and whether the phase is a step root."""
-        parent = phase.parent
         if type(outer) is PhaseSpan:
             outer_context = outer.span_context
         elif isinstance(outer, trace.Span):
