@@ -28,7 +28,7 @@ from memspan.oom import (
     classify_oom_exception,
 )
 from memspan.oom.service import capture_oom_block
-from memspan.phase_scope import DISABLED_PHASE, DisabledPhase
+from memspan.phase_core import PhaseCore
 from memspan.report.builder import DEFAULT_SUFFIX, ReportResult
 from memspan.report.builder import generate_report as _generate_report
 from memspan.runtime import (
@@ -42,17 +42,20 @@ from memspan.tracker import PhaseScope, Tracker, default_tracker_or_none, get_tr
 from memspan.version import __version__
 
 
-def phase(name: str, /, trace_root: bool | None = None,
-          **attributes: Any) -> PhaseScope | DisabledPhase:
+def phase(name: str, /, trace_root: bool | None = None, **attributes: Any) -> PhaseScope:
     """A phase of the default tracker: ``with memspan.phase("step", step=3):`` or a decorator.
 
-    ``trace_root=True`` starts a trace of its own (names in ``MEMSPAN_TRACE_ROOTS`` do by
-    default). While memspan is disabled (a configuration error) this is a pass-through.
+    The default tracker is looked up each time the phase opens, so a function decorated at
+    import time joins the session that ``configure()`` starts later. ``trace_root=True``
+    starts a trace of its own (names in ``MEMSPAN_TRACE_ROOTS`` do by default). While memspan
+    is disabled (a configuration error) the block runs without a phase.
     """
+    return PhaseScope(None, name, attributes, trace_root, core_of=_default_core)
+
+
+def _default_core() -> PhaseCore | None:
     tracker = default_tracker_or_none()
-    if tracker is None:
-        return DISABLED_PHASE
-    return tracker.phase(name, trace_root=trace_root, **attributes)
+    return tracker.phases if tracker is not None else None
 
 
 def enter_phase(name: str, attributes: Mapping[str, Any] | None = None,

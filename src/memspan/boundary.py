@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from memspan import names
@@ -121,6 +122,24 @@ def phase_peak(
     return best, False
 
 
+_OURS = os.path.dirname(os.path.abspath(__file__))
+_LIBRARIES = (f"{os.sep}torch{os.sep}", f"{os.sep}pynvml", f"{os.sep}psutil{os.sep}")
+
+
+def raised_by_user_code(error: BaseException) -> bool:
+    """Whether ``error`` was raised by a frame that is neither memspan's nor a memory
+    library's: a signal handler of the user's that ran while memspan read figures. Such an
+    exception belongs to the user's program and must reach it; every other failure of a
+    reading is memspan's to count."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    return not filename.startswith(_OURS) and not any(part in filename for part in _LIBRARIES)
+
+
 class BoundaryReader:
     """Reads entry/exit figures for phases from the host and torch sources."""
 
@@ -140,6 +159,8 @@ class BoundaryReader:
         )
 
     def _failed(self, what: str, error: Exception) -> None:
+        if raised_by_user_code(error):
+            raise error  # a signal handler of the user's ran here: its exception is theirs
         self._ledger.add(SOURCE_ERROR, warning=f"reading {what} at a phase boundary failed "
                          f"({type(error).__name__}: {error}); its figures are left out")
 

@@ -43,14 +43,14 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from memspan.attributes import clean_attributes
-from memspan.boundary import BoundaryReader
+from memspan.boundary import BoundaryReader, raised_by_user_code
 from memspan.drops import CALLBACK_ERROR, PHASE_MISNESTED, PHASE_PATH_TRUNCATED, DropLedger
 from memspan.fork_safety import reset_in_forked_children
 from memspan.names import PATH_SEPARATOR
 from memspan.phase_export import PhaseExporter, start_attributes
 from memspan.phase_span import PhaseSpan, exception_attributes
 from memspan.runtime import MAX_DEPTH, validate_phase_name
-from memspan.span_path import SDK, SYNC, SpanPath
+from memspan.span_path import SDK, SYNC, SpanPath, waits_for_provider
 from memspan.step_sampling import StepTrace
 
 _logger = logging.getLogger(__name__)
@@ -107,6 +107,9 @@ class PhaseCore:
         #: called on the caller's thread when a phase has opened; set only when something
         #: must see open phases at once (breadcrumbs: a SIGKILL gives no second chance)
         self.on_phase_start: Callable[[PhaseSpan], object] | None = None
+        #: called when a global provider appeared behind a proxy tracer (the tracker moves
+        #: to it); checked only while the path waits for one
+        self.on_provider_set: Callable[[], object] | None = None
         self._key = otel_context.create_key("memspan-phase")
         self._sequence = itertools.count(1)
         self._names: dict[object, str] = {}
@@ -121,6 +124,7 @@ class PhaseCore:
     def _bind(self, span_path: SpanPath) -> None:
         self.span_path = span_path
         self._fast = span_path.mode != SDK
+        self._waiting = waits_for_provider(span_path.tracer)
         self._sync = span_path.mode == SYNC
         sdk = span_path.sdk_tracer
         if sdk is not None:
@@ -176,6 +180,8 @@ class PhaseCore:
                     return None
             return self._open(clean, user, trace_root, frame, auto)
         except Exception as failure:
+            if raised_by_user_code(failure):
+                raise  # a signal handler of the user's: its exception is the program's
             self.ledger.add(CALLBACK_ERROR, warning=(
                 f"opening phase {clean!r} failed ({type(failure).__name__}: {failure}); "
                 "the block runs without a phase"))
@@ -217,6 +223,10 @@ class PhaseCore:
             base = _before(outer, base)
             outer = base.get(_SPAN_KEY)
         is_root = trace_root if trace_root is not None else clean in self.trace_roots
+        if not self._fast and self._waiting and not waits_for_provider(self.span_path.tracer):
+            moved = self.on_provider_set  # a global provider appeared: move to it now
+            if moved is not None:
+                moved()
         if self._fast:
             self._start_span(phase, outer, base, is_root)
         else:  # the SDK span carries the phase; the phase stays what user code sees
@@ -350,13 +360,19 @@ class PhaseCore:
 
     # -- leaving ------------------------------------------------------------------------------------
     def close(self, phase: PhaseSpan, error: BaseException | None) -> None:
-        """End ``phase`` (``error``: the exception leaving it). Never raises."""
+        """End ``phase`` (``error``: the exception leaving it). Raises only what a signal
+        handler of the user's raised meanwhile, after the phase is fully closed."""
         if phase.end_ns:
             return
+        theirs: Exception | None = None
         try:
             phase.exit = self._boundary.exit(phase.entry) if phase.entry is not None else None
         except Exception as failure:  # the reader counts its own failures; this is a bug guard
-            self.ledger.add(CALLBACK_ERROR, warning=f"reading exit figures failed: {failure!r}")
+            if raised_by_user_code(failure):
+                theirs = failure  # a signal handler of the user's: raised once the phase ended
+            else:
+                self.ledger.add(CALLBACK_ERROR,
+                                warning=f"reading exit figures failed: {failure!r}")
         end_ns = time.time_ns()
         if error is not None and not isinstance(error, NOT_ERRORS):
             self._record_error(phase, error)
@@ -365,13 +381,12 @@ class PhaseCore:
         phase.closed = True
         if phase.gen_frame is not None:
             phase.gen_frame = None
-        if phase.sequence < self._inherited_below:
-            return  # opened before a fork: the parent process ends and exports it
-        if self._sync and phase.sdk_span is None:
+        if phase.sequence >= self._inherited_below:  # else the parent process exports it
             self.exporter.submit(phase)
-            self.exporter.drain()
-        else:
-            self.exporter.submit(phase)
+            if self._sync and phase.sdk_span is None:
+                self.exporter.drain()
+        if theirs is not None:
+            raise theirs
 
     def _record_error(self, phase: PhaseSpan, error: BaseException) -> None:
         phase.error = type(error).__name__

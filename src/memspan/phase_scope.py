@@ -7,7 +7,8 @@ async-generator function is timed over its iteration (from the first ``next`` to
 exhaustion or close), not over the call that creates the generator.
 
 Invariant: the user's exception leaves the block unchanged; if memspan cannot open the phase
-(a telemetry failure, counted), the block runs without one.
+(a telemetry failure, counted, or memspan disabled by a configuration error), the block runs
+without one.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import contextlib
 import functools
 import inspect
 import sys
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from memspan.runtime import PhaseProtocolError
@@ -34,31 +36,57 @@ _NEW, _OPEN, _FAILED = 0, 1, 2
 
 
 class PhaseScope:
-    """One phase as a context manager; a phase factory as a decorator."""
+    """One phase as a context manager; a phase factory as a decorator.
 
-    __slots__ = ("_attributes", "_core", "_name", "_phase", "_state", "_trace_root")
+    Bound to one tracker's phase core, or (``memspan.phase``) resolving the default tracker at
+    each use, so a function decorated at import time joins the session ``configure()`` starts
+    later, and runs without a phase while memspan is disabled.
+    """
 
-    def __init__(self, core: PhaseCore, name: str, attributes: Mapping[str, Any],
-                 trace_root: bool | None = None) -> None:
+    __slots__ = ("_attributes", "_core", "_core_of", "_entered", "_name", "_phase", "_state",
+                 "_trace_root")
+
+    def __init__(self, core: PhaseCore | None, name: str, attributes: Mapping[str, Any],
+                 trace_root: bool | None = None,
+                 core_of: Callable[[], PhaseCore | None] | None = None) -> None:
         self._core = core
+        self._core_of = core_of
         self._name = name
         self._attributes = attributes
         self._trace_root = trace_root
         self._phase: PhaseSpan | None = None
+        self._entered: PhaseCore | None = None
         self._state = _NEW
 
     def __enter__(self) -> PhaseScope:
         return self._enter(sys._getframe(1))
 
     def _enter(self, frame: FrameType) -> PhaseScope:
-        """Open the phase; ``frame`` is the block's (a generator's frame marks the phase)."""
+        """Open the phase; ``frame`` is the block's (a generator's frame marks the phase).
+
+        An exception arriving while the phase is being made current (Ctrl-C, a signal
+        handler's) leaves the context as it was: ``__exit__`` does not run when ``__enter__``
+        raises, so nothing else would take the phase off again.
+        """
         if self._state != _NEW:
             raise PhaseProtocolError(
                 f"phase {self._name!r} is already entered; create one phase() per with-block"
             )
-        phase = self._core.open(self._name, self._attributes, self._trace_root, frame)
-        self._phase = phase
-        self._state = _OPEN if phase is not None else _FAILED
+        core = self._core
+        if core is None:
+            core = self._core_of() if self._core_of is not None else None
+            if core is None:
+                self._state = _FAILED
+                return self
+        before = otel_context.get_current()
+        try:
+            phase = core.open(self._name, self._attributes, self._trace_root, frame)
+            self._phase, self._entered = phase, core
+            self._state = _OPEN if phase is not None else _FAILED
+        except BaseException:
+            if otel_context.get_current() is not before:
+                otel_context.attach(before)
+            raise
         return self
 
     def __exit__(
@@ -67,12 +95,12 @@ class PhaseScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        state, phase = self._state, self._phase
+        state, phase, core = self._state, self._phase, self._entered
         if state == _NEW:
             raise PhaseProtocolError(f"phase {self._name!r} was exited without being entered")
-        self._state, self._phase = _NEW, None
-        if phase is not None:
-            self._core.close(phase, exc)
+        self._state, self._phase, self._entered = _NEW, None, None
+        if phase is not None and core is not None:
+            core.close(phase, exc)
 
     async def __aenter__(self) -> PhaseScope:
         return self._enter(sys._getframe(1))
@@ -100,13 +128,15 @@ class PhaseScope:
 
     def __call__(self, function: F) -> F:
         core, name, attributes, root = self._core, self._name, self._attributes, self._trace_root
+        core_of = self._core_of
         if inspect.isasyncgenfunction(function):
-            return cast(F, _wrap_async_generator(function, core, name, attributes, root))
+            return cast(F, _wrap_async_generator(function, core, name, attributes, root,
+                                                 core_of))
         if inspect.isgeneratorfunction(function):
 
             @functools.wraps(function)
             def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-                with PhaseScope(core, name, attributes, root):
+                with PhaseScope(core, name, attributes, root, core_of):
                     return (yield from function(*args, **kwargs))
 
             return cast(F, generator_wrapper)
@@ -114,7 +144,7 @@ class PhaseScope:
 
             @functools.wraps(function)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with PhaseScope(core, name, attributes, root):
+                with PhaseScope(core, name, attributes, root, core_of):
                     return await function(*args, **kwargs)
 
             return cast(F, async_wrapper)
@@ -123,21 +153,22 @@ class PhaseScope:
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with PhaseScope(core, name, attributes, root):
+            with PhaseScope(core, name, attributes, root, core_of):
                 return function(*args, **kwargs)
 
         return cast(F, wrapper)
 
 
-def _wrap_async_generator(function: Any, core: PhaseCore, name: str,
-                          attributes: Mapping[str, Any], root: bool | None) -> Any:
+def _wrap_async_generator(function: Any, core: PhaseCore | None, name: str,
+                          attributes: Mapping[str, Any], root: bool | None,
+                          core_of: Callable[[], PhaseCore | None] | None) -> Any:
     """An async generator that runs ``function``'s inside one phase, delegating sends/throws."""
 
     @functools.wraps(function)
     async def wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
         inner = function(*args, **kwargs)
         async with contextlib.aclosing(inner):
-            with PhaseScope(core, name, attributes, root):
+            with PhaseScope(core, name, attributes, root, core_of):
                 to_send: Any = None
                 thrown: BaseException | None = None
                 while True:
@@ -157,33 +188,3 @@ def _wrap_async_generator(function: Any, core: PhaseCore, name: str,
                         thrown, to_send = error, None
 
     return wrapper
-
-
-class DisabledPhase:
-    """What ``memspan.phase`` returns while memspan is disabled (a configuration error):
-    a context manager and decorator that does nothing and never raises."""
-
-    __slots__ = ()
-    scope_id = None
-    phase_path = None
-    span = None
-
-    def __enter__(self) -> DisabledPhase:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        return None
-
-    async def __aenter__(self) -> DisabledPhase:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        return None
-
-    def __call__(self, function: F) -> F:
-        return function
-
-
-DISABLED_PHASE = DisabledPhase()

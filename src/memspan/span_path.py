@@ -74,10 +74,16 @@ class SpanPath:
 def real_tracer(tracer: trace.Tracer) -> trace.Tracer:
     """The tracer behind a proxy, once a global provider is set (else the proxy itself)."""
     if isinstance(tracer, trace.ProxyTracer):
-        inner = getattr(tracer, "_real_tracer", None)
-        if inner is not None:
+        inner = getattr(tracer, "_tracer", None)  # resolves once a global provider is set
+        if inner is not None and not isinstance(inner, trace.NoOpTracer):
             return inner  # type: ignore[no-any-return]
     return tracer
+
+
+def waits_for_provider(tracer: trace.Tracer) -> bool:
+    """A proxy tracer while no global provider is set yet (phases are no-op spans until one
+    is: the tracker then moves to the real provider)."""
+    return isinstance(tracer, trace.ProxyTracer) and real_tracer(tracer) is tracer
 
 
 def processors(processor: Any) -> Iterator[Any]:

@@ -153,6 +153,7 @@ class Tracker:
             oom_counter=self.oom_counter, current_phase=self.phases.current,
             drain=self.exporter.drain, observer=observer,
         )
+        self.phases.on_provider_set = self._move_to_global_provider
         self.phases.oom_handler = self.flight_recorder.on_phase_error
         self.phases.on_first_device_phase = self.flight_recorder.prepare_for_device
         if self.flight_recorder.breadcrumbs is not None:
@@ -193,6 +194,14 @@ class Tracker:
     def span_path(self) -> SpanPath:
         """How this tracker's phase spans reach the provider (``deferred``, ``sync``, ``sdk``)."""
         return self.phases.span_path
+
+    def _move_to_global_provider(self) -> None:
+        """A global provider was set after this tracker was built on the proxy: build phase
+        spans for it from now on, and make its flush and shutdown deliver pending phases."""
+        self._tracer_provider = trace.get_tracer_provider()
+        path = resolve(self._tracer, self.config.span_mode)
+        self._hook_provider(path)
+        self.phases.rebind(path)
 
     def _recheck_span_path(self) -> None:
         """Processors added to the provider after this tracker was built (one with

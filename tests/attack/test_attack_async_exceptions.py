@@ -50,19 +50,59 @@ def test_interrupt_right_after_the_phase_is_made_current_does_not_leak_it() -> N
         t.tracker.shutdown()
 
 
+def _step_timeout_handler(error: BaseException) -> None:
+    """What a user's ``signal.alarm`` handler does: raise from its own frame."""
+    raise error
+
+
 def test_signal_handler_exception_during_exit_figures_reaches_the_user() -> None:
     """A ``signal.alarm`` step timeout (a handler raising ``TimeoutError``) that fires while
     memspan reads a phase's exit figures is swallowed as a ``callback_error``: the user's
-    timeout never reaches their code."""
+    timeout never reaches their code. (The handler runs as its own frame, as a real one does.)"""
     t = make_telemetry()
     error = TimeoutError("step took too long")
+    reads: list[bool] = []
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code.co_name == "rss_bytes" and event == "return":
+            reads.append(True)
+            if len(reads) == 2:  # the exit reading (the first is the entry's)
+                _step_timeout_handler(error)
+        return tracer
+
     try:
-        sys.settrace(_raise_at("exit", "boundary", error))
+        sys.settrace(tracer)
         try:
             with pytest.raises(TimeoutError) as caught, t.tracker.phase("step"):
                 pass
         finally:
             sys.settrace(None)
         assert caught.value is error
+        assert t.tracker.current_phase() is None  # the phase still ended, and was exported
+        assert [s.name for s in t.finished()] == ["step"]
+    finally:
+        t.tracker.shutdown()
+
+
+def test_signal_handler_exception_while_a_phase_opens_reaches_the_user() -> None:
+    """The same timeout arriving while memspan reads a phase's entry figures."""
+    t = make_telemetry()
+    error = TimeoutError("step took too long")
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code.co_name == "rss_bytes" and event == "return":
+            sys.settrace(None)
+            _step_timeout_handler(error)
+        return tracer
+
+    try:
+        sys.settrace(tracer)
+        try:
+            with pytest.raises(TimeoutError) as caught, t.tracker.phase("step"):
+                pass
+        finally:
+            sys.settrace(None)
+        assert caught.value is error
+        assert t.tracker.current_phase() is None
     finally:
         t.tracker.shutdown()
