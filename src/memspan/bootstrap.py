@@ -137,6 +137,8 @@ def configure(
             providers = Providers("explicit", PROCESS_LEDGER)
         else:
             providers = install_providers(cfg, service_name)
+            if _globals_retired() and len(providers.owned) == 2:  # not global: pass them
+                tracer_provider, meter_provider = providers.owned
         installation = _start(cfg, providers, tracer_provider, meter_provider, None)
     _announce(installation)
     return installation.tracker
@@ -209,9 +211,14 @@ def _multiprocessing_child() -> bool:
 
 
 def install_providers(cfg: MemspanConfig, service_name: str | None) -> Providers:
-    """Steps 2-4 of the module docstring: reuse globals, follow ``OTEL_*``, or embed."""
+    """Steps 2-4 of the module docstring: reuse globals, follow ``OTEL_*``, or embed.
+
+    Global providers memspan itself installed and shut down (``configure()`` after
+    ``shutdown()``) are not reused: OpenTelemetry's globals cannot be replaced, so the new
+    providers are passed to the new tracker instead of being made global.
+    """
     ledger = PROCESS_LEDGER
-    if global_providers_set():
+    if global_providers_set() and not _globals_retired():
         return Providers("global", ledger, destinations=exporters_of(
             trace.get_tracer_provider(), metrics.get_meter_provider()))
     resource = build_resource(service_name, cfg.job_id)
@@ -252,7 +259,19 @@ def adopt_global_providers() -> Providers:
         trace.get_tracer_provider(), metrics.get_meter_provider()))
 
 
+#: global providers memspan installed and has shut down (they cannot be replaced as globals)
+_retired_globals: list[Any] = []
+
+
+def _globals_retired() -> bool:
+    current = (trace.get_tracer_provider(), metrics.get_meter_provider())
+    return any(provider is retired for provider in current for retired in _retired_globals)
+
+
 def _set_globals(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> None:
+    """Make these the global providers, unless memspan's earlier ones hold that place."""
+    if _globals_retired():
+        return
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
 
@@ -369,6 +388,8 @@ def shutdown_installation(installation: Installation, timeout_s: float) -> bool:
     if not owned:  # global providers someone else installed: flushed, never stopped
         finished = tracker.flush_providers(_left(deadline)) and finished
     finished = tracker.shutdown(_left(deadline)) and finished
+    current = (trace.get_tracer_provider(), metrics.get_meter_provider())
+    _retired_globals.extend(p for p in owned if any(p is c for c in current))
     return shutdown_providers(owned, _left(deadline)) and finished
 
 

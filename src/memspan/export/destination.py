@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from memspan import environment_variables as ev
+from memspan.span_path import PassiveProcessor
 
 _NOWHERE_HINT = ("set OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT, "
                  "or run without opentelemetry-instrument's providers to get memspan's files")
@@ -37,6 +38,8 @@ def exporters_of(tracer_provider: Any, meter_provider: Any) -> list[str] | None:
             return None
         out: list[str] = []
         for processor in processors or ():
+            if isinstance(processor, PassiveProcessor):
+                continue  # memspan's own flush hook is not a destination
             exporter = getattr(processor, "span_exporter", None)
             if exporter is None:
                 exporter = getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
