@@ -10,6 +10,7 @@ import asyncio
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -199,3 +200,40 @@ def test_decorated_async_generator_times_the_iteration_and_passes_throws(
     assert seen == ["stop"]
     span = telemetry.span("ticks")
     assert span.status.status_code.name == "UNSET"
+
+
+def test_breaking_out_of_a_decorated_async_generator_is_a_normal_end(telemetry: Telemetry) -> None:
+    tracker = telemetry.tracker
+
+    @tracker.phase("ticks")
+    async def ticks() -> AsyncIterator[int]:
+        for index in range(10):
+            yield index
+
+    async def main() -> None:
+        async for index in ticks():
+            if index == 2:
+                break  # asyncio's finalizer closes the generator later, in its own task
+
+    asyncio.run(main())
+    span = telemetry.span("ticks")
+    assert names.PHASE_MISNESTED not in (span.attributes or {})
+    assert tracker.ledger.count(PHASE_MISNESTED) == 0
+
+
+def test_a_step_kept_for_an_error_still_records_its_peak(telemetry_factory: Any) -> None:
+    from memspan import MemspanConfig
+
+    t = telemetry_factory(config=MemspanConfig(step_keep_every=1000, step_keep_first=0))
+    reasons = []
+    for step in range(4):
+        try:
+            with t.tracker.phase("step", step=step):
+                if step == 0:
+                    raise ValueError("first step fails")
+        except ValueError:
+            pass
+    for span in t.finished():
+        reasons.append((span.attributes or {}).get(names.STEP_KEEP_REASON))
+    # the error step also set the path's peak: the next ordinary steps are not "new peaks"
+    assert reasons == ["error"], reasons

@@ -31,6 +31,7 @@ import itertools
 import logging
 import threading
 import time
+from asyncio import CancelledError
 from collections.abc import Callable, Mapping
 from contextvars import Token
 from types import FrameType
@@ -58,6 +59,9 @@ _logger = logging.getLogger(__name__)
 #: exceptions that end a phase without being an error (generator and iterator protocol)
 NOT_ERRORS = (GeneratorExit, StopIteration, StopAsyncIteration)
 _GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+#: what ends a generator's phase when the generator is closed by its finalizer (asyncio
+#: closes an abandoned async generator from its own task, by cancellation)
+_FINALIZING = (GeneratorExit, CancelledError)
 _EMPTY = Context()
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, _EMPTY)))
 _RANDOM = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
@@ -376,7 +380,9 @@ class PhaseCore:
         end_ns = time.time_ns()
         if error is not None and not isinstance(error, NOT_ERRORS):
             self._record_error(phase, error)
-        self._restore_context(phase, unwinding=error is not None)
+        self._restore_context(phase, unwinding=error is not None,
+                              finalizing=isinstance(error, _FINALIZING)
+                              and phase.gen_frame is not None)
         phase.end_ns = end_ns
         phase.closed = True
         if phase.gen_frame is not None:
@@ -407,13 +413,15 @@ class PhaseCore:
             if status is None or status.status_code is not StatusCode.OK:  # OK is final
                 phase.status = Status(StatusCode.ERROR, description)
 
-    def _restore_context(self, phase: PhaseSpan, *, unwinding: bool) -> None:
+    def _restore_context(self, phase: PhaseSpan, *, unwinding: bool,
+                         finalizing: bool = False) -> None:
         """Put the context back as it was before ``phase`` opened, where that is safe.
 
         Closed out of order while an exception unwinds it, the phases left open inside are
         abandoned with it (their blocks were skipped by the exception): the context goes
         back to before ``phase``. Closed out of order otherwise, the phases inside keep
-        running and the context is left alone.
+        running and the context is left alone. A phase of a generator that its finalizer
+        closes elsewhere (``GeneratorExit`` after the consumer stopped iterating) simply ends.
         """
         token = phase.context_token
         ctx = otel_context.get_current()
@@ -422,13 +430,16 @@ class PhaseCore:
         while isinstance(node, PhaseSpan) and node is not phase and _stale(node):
             node = node.parent  # phases of suspended generators do not count as inside
         if node is not phase or token is None:
+            if finalizing:
+                return  # an abandoned generator closed by its finalizer: a normal end
             self._misnested(phase, innermost)
             if not (unwinding and token is not None and phase.misnested == _OUT_OF_ORDER):
                 return
         try:
             _reset_context(token)
         except (ValueError, RuntimeError):
-            self._misnested(phase, None)
+            if not finalizing:
+                self._misnested(phase, None)
             return
         restored = otel_context.get_current()
         below = restored.get(self._key)

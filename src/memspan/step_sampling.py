@@ -104,6 +104,7 @@ class StepSampler:
         return reason
 
     def _evidence(self, step: StepTrace, records: tuple[PhaseSpan, ...]) -> str | None:
+        new_peak = self._new_peak(records)  # every step updates its paths' peaks
         reason: str | None = None
         for record in records:
             if record.oom:
@@ -114,7 +115,7 @@ class StepSampler:
             return reason
         if step.foreign:
             return FOREIGN
-        if self._new_peak(records):
+        if new_peak:
             return NEW_PEAK
         figures = step.root.exit
         if figures is not None and figures.retained is not None and (
