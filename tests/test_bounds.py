@@ -19,7 +19,10 @@ def test_a_full_phase_buffer_drops_new_phases_and_counts_them(
         telemetry: Telemetry, caplog: pytest.LogCaptureFixture) -> None:
     tracker = telemetry.tracker
     exporter = tracker.exporter
-    exporter.shutdown()  # no worker: the buffer fills as the caller's thread appends
+    exporter._stop.set()  # a stalled worker: the buffer fills as the caller's thread appends
+    exporter._wake.set()
+    assert exporter._thread is not None
+    exporter._thread.join(5)
     exporter.max_pending = 3
     for index in range(5):
         with tracker.phase(f"p{index}"):

@@ -16,7 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
-import os
+import signal
 from typing import Any
 
 from memspan import names
@@ -122,22 +122,27 @@ def phase_peak(
     return best, False
 
 
-_OURS = os.path.dirname(os.path.abspath(__file__))
-_LIBRARIES = (f"{os.sep}torch{os.sep}", f"{os.sep}pynvml", f"{os.sep}psutil{os.sep}")
-
-
 def raised_by_user_code(error: BaseException) -> bool:
-    """Whether ``error`` was raised by a frame that is neither memspan's nor a memory
-    library's: a signal handler of the user's that ran while memspan read figures. Such an
-    exception belongs to the user's program and must reach it; every other failure of a
-    reading is memspan's to count."""
-    tb = error.__traceback__
-    if tb is None:
+    """Whether ``error`` was raised by one of the program's signal handlers (a step timeout
+    on ``SIGALRM``, say) that ran while memspan read figures: that exception belongs to the
+    program and must reach it. Every other failure of a reading is memspan's to count."""
+    handlers = set()
+    for number in signal.valid_signals():
+        try:
+            handler = signal.getsignal(number)
+        except (OSError, ValueError):
+            continue
+        code = getattr(handler, "__code__", None)
+        if code is not None:
+            handlers.add(code)
+    if not handlers:
         return False
-    while tb.tb_next is not None:
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in handlers:
+            return True
         tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    return not filename.startswith(_OURS) and not any(part in filename for part in _LIBRARIES)
+    return False
 
 
 class BoundaryReader:
