@@ -139,8 +139,11 @@ class TorchAutoPhases:
 
     def _forward(self, loss_type: type) -> Callable[..., Any]:
         def wrapper(wrapped: Callable[..., Any], module: Any, args: Any, kwargs: Any) -> Any:
+            # cheapest test first: most module calls are submodules of a forward in progress
+            if _forward_depth.get() > 0 or isinstance(module, loss_type):
+                return wrapped(*args, **kwargs)
             core = self._core()
-            if core is None or _forward_depth.get() > 0 or isinstance(module, loss_type):
+            if core is None:
                 return wrapped(*args, **kwargs)
             token = _forward_depth.set(1)
             try:
@@ -153,8 +156,10 @@ class TorchAutoPhases:
 
     def _backward(self, wrapped: Callable[..., Any], instance: Any, args: Any,
                   kwargs: Any) -> Any:
+        if _backward_depth.get() > 0:
+            return wrapped(*args, **kwargs)
         core = self._core()
-        if core is None or _backward_depth.get() > 0:
+        if core is None:
             return wrapped(*args, **kwargs)
         token = _backward_depth.set(1)
         try:

@@ -159,11 +159,12 @@ class PhaseCore:
     # -- entering -----------------------------------------------------------------------------------
     def open(self, name: str, attributes: Mapping[str, Any] | None = None,
              trace_root: bool | None = None, frame: FrameType | None = None,
-             *, auto: bool = False) -> PhaseSpan | None:
+             *, auto: bool = False, context: Context | None = None) -> PhaseSpan | None:
         """Open a phase; ``None`` when memspan itself failed (counted; the block still runs).
 
         A bad name or bad attributes raise (``ValueError``/``TypeError`` naming them): that is
-        the caller's mistake, found before anything changed.
+        the caller's mistake, found before anything changed. ``context`` is the current
+        context when the caller already read it.
 
         Auto phases (``auto=True``, from the torch hooks) never double the user's: one is not
         opened (``None``) where the innermost running phase has its name, and a user phase
@@ -182,7 +183,8 @@ class PhaseCore:
                 current = self.current()
                 if current is not None and current.name == clean:
                     return None
-            return self._open(clean, user, trace_root, frame, auto)
+            return self._open(clean, user, trace_root, frame, auto,
+                              context if context is not None else otel_context.get_current())
         except Exception as failure:
             if raised_by_user_code(failure):
                 raise  # a signal handler of the user's: its exception is the program's
@@ -192,8 +194,7 @@ class PhaseCore:
             return None
 
     def _open(self, clean: str, user: dict[str, Any] | None, trace_root: bool | None,
-              frame: FrameType | None, auto: bool) -> PhaseSpan:
-        ctx = otel_context.get_current()
+              frame: FrameType | None, auto: bool, ctx: Context) -> PhaseSpan:
         base = ctx
         parent: PhaseSpan | None = ctx.get(self._key)  # type: ignore[assignment]
         while parent is not None and _stale(parent):

@@ -80,7 +80,8 @@ class PhaseScope:
                 return self
         before = otel_context.get_current()
         try:
-            phase = core.open(self._name, self._attributes, self._trace_root, frame)
+            phase = core.open(self._name, self._attributes, self._trace_root, frame,
+                              context=before)
             self._phase, self._entered = phase, core
             self._state = _OPEN if phase is not None else _FAILED
         except BaseException:

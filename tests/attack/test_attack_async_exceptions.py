@@ -60,6 +60,16 @@ def _step_timeout_handler(signum: int, frame: Any) -> None:
     raise StepTimeout("step took too long")
 
 
+def _phase_under(tracer: Any, t: Any) -> None:
+    """One phase with ``tracer`` installed; the step timeout must reach this code."""
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(StepTimeout), t.tracker.phase("step"):
+            pass
+    finally:
+        sys.settrace(None)
+
+
 @pytest.fixture
 def alarm_handler() -> Any:
     previous = signal.signal(signal.SIGALRM, _step_timeout_handler)
@@ -82,12 +92,7 @@ def test_signal_handler_exception_during_exit_figures_reaches_the_user(alarm_han
         return tracer
 
     try:
-        sys.settrace(tracer)
-        try:
-            with pytest.raises(StepTimeout), t.tracker.phase("step"):
-                pass
-        finally:
-            sys.settrace(None)
+        _phase_under(tracer, t)
         assert t.tracker.current_phase() is None  # the phase still ended, and was exported
         assert [s.name for s in t.finished()] == ["step"]
     finally:
@@ -104,12 +109,7 @@ def test_signal_handler_exception_while_a_phase_opens_reaches_the_user(alarm_han
         return tracer
 
     try:
-        sys.settrace(tracer)
-        try:
-            with pytest.raises(StepTimeout), t.tracker.phase("step"):
-                pass
-        finally:
-            sys.settrace(None)
+        _phase_under(tracer, t)
         assert t.tracker.current_phase() is None
     finally:
         t.tracker.shutdown()
