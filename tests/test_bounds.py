@@ -9,8 +9,8 @@ from conftest import Telemetry
 from memspan import MemspanConfig, names
 from memspan.config import ConfigError
 from memspan.drops import LEAK_WATCH_PATHS, PHASE_BUFFER_FULL, STEP_BUFFER_FULL
+from memspan.phases.step_sampling import OVERFLOW
 from memspan.resource import MemspanResourceDetector, rank_identity, rank_identity_or_default
-from memspan.step_sampling import OVERFLOW
 
 # -- the finished-phase buffer (PhaseExporter.max_pending) -------------------------------------
 

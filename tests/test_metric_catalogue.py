@@ -23,7 +23,7 @@ from memspan.metric_catalogue import (
     MetricCatalogue,
     MetricRow,
 )
-from memspan.oom.events import EventType
+from memspan.names import EventType
 from memspan.sources import STANDARD_SOURCES, DeviceIdentity, Reading, SourceStatus
 
 POOL_USAGE = "fakepool.memory.usage"

@@ -12,7 +12,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMet
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from memspan import names
-from memspan.phase_metrics import BYTE_BUCKETS, SECOND_BUCKETS, PhaseHistograms
+from memspan.phases.histograms import BYTE_BUCKETS, SECOND_BUCKETS, PhaseHistograms
 
 
 def _points(reader: InMemoryMetricReader) -> dict[tuple[str, Any], Any]:

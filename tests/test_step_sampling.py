@@ -8,7 +8,7 @@ import pytest
 
 from conftest import Telemetry
 from memspan import MemspanConfig, names
-from memspan.step_sampling import StepSampler, StepSamplingConfig
+from memspan.phases.step_sampling import StepSampler, StepSamplingConfig
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from memspan.bootstrap import configure, shutdown
+from memspan.compat.stormlog import PhaseBoundary, PhaseRecorder, PhaseToken
 from memspan.config import ConfigError, MemspanConfig
 from memspan.oom import (
     OOMExceptionClassification,
@@ -28,16 +29,10 @@ from memspan.oom import (
     classify_oom_exception,
 )
 from memspan.oom.service import capture_oom_block
-from memspan.phase_core import PhaseCore
+from memspan.phases.core import PhaseCore
+from memspan.phases.handle import PhaseHandle, PhaseProtocolError
 from memspan.report.builder import DEFAULT_SUFFIX, ReportResult
 from memspan.report.builder import generate_report as _generate_report
-from memspan.runtime import (
-    PhaseBoundary,
-    PhaseHandle,
-    PhaseProtocolError,
-    PhaseRecorder,
-    PhaseToken,
-)
 from memspan.tracker import PhaseScope, Tracker, default_tracker_or_none, get_tracker
 from memspan.version import __version__
 

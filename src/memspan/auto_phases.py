@@ -19,7 +19,7 @@ Invariants:
   ``Tensor.backward``/``torch.autograd.backward`` (the first calls the second).
 - Auto phases never double the user's: an auto phase is not opened where a user phase of the
   same name is running, and a user phase opened directly inside an auto phase of its name takes
-  its place (:meth:`memspan.phase_core.PhaseCore.open`).
+  its place (:meth:`memspan.phases.core.PhaseCore.open`).
 - :meth:`TorchAutoPhases.uninstall` puts every original back, also where torch wrapped a
   wrapper of ours again (its optimizer-step profiling hook does).
 - Exceptions (an OOM in forward, say) propagate unchanged through the wrappers; the phase
@@ -42,8 +42,8 @@ import wrapt
 from opentelemetry.instrumentation.utils import unwrap
 
 if TYPE_CHECKING:
-    from memspan.phase_core import PhaseCore
-    from memspan.phase_span import PhaseSpan
+    from memspan.phases.core import PhaseCore
+    from memspan.phases.record import PhaseSpan
     from memspan.tracker import Tracker
 
 _logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Final
 
 from memspan import names
-from memspan.oom.events import EventType
+from memspan.names import EventType
 
 BYTES: Final = "By"
 ONE: Final = "1"

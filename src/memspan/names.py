@@ -9,6 +9,7 @@ from semconv 0.65b0, the oldest version memspan allows).
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Final
 
 from opentelemetry.semconv._incubating.attributes import (
@@ -142,3 +143,16 @@ EXCEPTION_TYPE: Final = exception_attributes.EXCEPTION_TYPE
 EXCEPTION_MESSAGE: Final = exception_attributes.EXCEPTION_MESSAGE
 EXCEPTION_STACKTRACE: Final = exception_attributes.EXCEPTION_STACKTRACE
 EXCEPTION_ESCAPED: Final = exception_attributes.EXCEPTION_ESCAPED
+
+
+class EventType(str, Enum):
+    """The ``type`` field of every flight-recorder ring event (and breadcrumb line)."""
+
+    PHASE_START = "phase_start"
+    PHASE_END = "phase_end"
+    SAMPLE = "sample"
+    ALLOC_RETRY = "allocator_retry"
+    ALLOCATOR_OOM = "allocator_oom"
+    CGROUP_OOM_KILL = "cgroup_oom_kill"
+    OOM = "oom"
+    USER = "user"

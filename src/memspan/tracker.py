@@ -1,4 +1,4 @@
-"""The tracker: one session, built and wired here; phases go through :mod:`memspan.phase_core`.
+"""The tracker: one session, built and wired here; phases go through :mod:`memspan.phases.core`.
 
 A :class:`Tracker` builds what a process needs to report memory and wires it together:
 the sources and their sampler thread, the observable instruments, the phase histograms and
@@ -10,7 +10,7 @@ their own.
 Invariants:
 
 - Each phase is one OTel span (kind INTERNAL), current for the phase's duration; it is
-  exported through the provider's span processors (see :mod:`memspan.span_path` for how).
+  exported through the provider's span processors (see :mod:`memspan.phases.span_path` for how).
 - A user exception leaving a phase propagates unchanged; the span records it once as the
   semconv ``exception`` event with status ERROR.
 - Telemetry failures never break the program: they are counted in the drop ledger.
@@ -33,27 +33,27 @@ from memspan import environment_variables as ev
 from memspan import names
 from memspan.analysis.leak_watch import LeakWatcher
 from memspan.analysis.thresholds import LeakThresholds
-from memspan.boundary import BoundaryReader
 from memspan.config import ConfigError, MemspanConfig
 from memspan.drops import PROCESS_LEDGER, DropLedger
 from memspan.instruments import MemoryInstruments
 from memspan.oom.observer import AllocatorObserver
 from memspan.oom.service import FlightRecorderService
-from memspan.phase_core import PhaseCore
-from memspan.phase_export import FlushHook, PhaseExporter, install_flush_hook
-from memspan.phase_metrics import BYTE_BUCKETS, SECOND_BUCKETS, PhaseHistograms
-from memspan.phase_scope import PhaseScope
-from memspan.phase_span import PhaseSpan
+from memspan.phases.core import PhaseCore
+from memspan.phases.export import FlushHook, PhaseExporter, install_flush_hook
+from memspan.phases.figures import BoundaryReader
+from memspan.phases.handle import PhaseHandle
+from memspan.phases.histograms import BYTE_BUCKETS, SECOND_BUCKETS, PhaseHistograms
+from memspan.phases.record import PhaseSpan
+from memspan.phases.scope import PhaseScope
+from memspan.phases.span_path import SDK, SpanPath, real_tracer, resolve
+from memspan.phases.step_sampling import StepSampler, StepSamplingConfig
 from memspan.report.builder import DEFAULT_SUFFIX, ReportResult, generate_report
 from memspan.resource import detected_rank
-from memspan.runtime import PhaseHandle
 from memspan.sampling.sampler import Sampler
 from memspan.sources import STANDARD_SOURCES
 from memspan.sources.base import MemorySource
 from memspan.sources.host import HostMemorySource
 from memspan.sources.torch_allocator import TorchAllocatorSource
-from memspan.span_path import SDK, SpanPath, real_tracer, resolve
-from memspan.step_sampling import StepSampler, StepSamplingConfig
 from memspan.version import __version__
 
 _logger = logging.getLogger(__name__)

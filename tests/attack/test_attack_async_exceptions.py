@@ -40,7 +40,7 @@ def test_interrupt_right_after_the_phase_is_made_current_does_not_leak_it() -> N
     a phantom ``outer`` that is never exported."""
     t = make_telemetry()
     try:
-        sys.settrace(_raise_at("_enter", "phase_core", KeyboardInterrupt()))
+        sys.settrace(_raise_at("_enter", "phases/core", KeyboardInterrupt()))
         try:
             with pytest.raises(KeyboardInterrupt), t.tracker.phase("outer"):
                 pass

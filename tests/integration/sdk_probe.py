@@ -43,7 +43,7 @@ def run(provider: TracerProvider, exporter: InMemorySpanExporter,
         break_tracer: bool = False) -> dict[str, Any]:
     tracker = Tracker(tracer_provider=provider, sources=[HostMemorySource()], start_sampler=False)
     if break_tracer:  # a tracer without the internals the deferred path needs
-        from memspan.span_path import resolve
+        from memspan.phases.span_path import resolve
 
         tracker.phases.rebind(resolve(Delegating(tracker.span_path.tracer), "deferred"))
     foreign = provider.get_tracer("other")
@@ -83,7 +83,7 @@ def histograms_match() -> bool:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from memspan.phase_metrics import BYTE_BUCKETS, SECOND_BUCKETS, PhaseHistograms
+    from memspan.phases.histograms import BYTE_BUCKETS, SECOND_BUCKETS, PhaseHistograms
 
     rng = random.Random(7)
     samples = [(rng.random(), rng.randrange(1 << 30), rng.choice("ab"), "host", None)

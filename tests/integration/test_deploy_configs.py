@@ -117,7 +117,7 @@ def test_tail_sampling_keeps_every_oom_and_error(path: Path) -> None:
     assert [p for p in policies if p["type"] == "probabilistic"]
     (evidence,) = [p for p in policies if p["type"] == "string_attribute"]
     assert evidence["string_attribute"]["key"] == names.STEP_KEEP_REASON
-    from memspan import step_sampling
+    from memspan.phases import step_sampling
 
     assert set(evidence["string_attribute"]["values"]) == {
         step_sampling.ERROR, step_sampling.OOM, step_sampling.NEW_PEAK, step_sampling.RETAINED}

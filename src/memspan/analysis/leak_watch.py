@@ -19,7 +19,7 @@ from memspan.analysis.verdicts import LEAKING, RunSeries, verdict_for
 from memspan.drops import LEAK_WATCH_PATHS, DropLedger
 
 if TYPE_CHECKING:
-    from memspan.phase_span import PhaseSpan
+    from memspan.phases.record import PhaseSpan
 
 class LeakWatcher:
     """Listens to finished phases on the export worker (before their spans are built)."""

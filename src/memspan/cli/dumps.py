@@ -21,6 +21,7 @@ from typing import Any
 from memspan import names
 from memspan.cli.terminal_text import printable, write_lines
 from memspan.config import ConfigError, MemspanConfig
+from memspan.names import EventType
 from memspan.oom.bundle import CUDA_SNAPSHOT_FILE
 from memspan.oom.bundle_reader import (
     MAX_EVENTS_SHOWN,
@@ -34,7 +35,6 @@ from memspan.oom.bundle_reader import (
     tail_events,
 )
 from memspan.oom.classify import fragmentation_likely, fragmentation_suggestion
-from memspan.oom.events import EventType
 from memspan.oom.retention import list_bundles
 
 #: the pickle warning printed next to the command that loads one

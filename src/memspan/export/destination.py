@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from memspan import environment_variables as ev
-from memspan.span_path import PassiveProcessor
+from memspan.phases.span_path import PassiveProcessor
 
 _NOWHERE_HINT = ("set OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT, "
                  "or run without opentelemetry-instrument's providers to get memspan's files")

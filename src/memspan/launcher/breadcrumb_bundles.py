@@ -34,9 +34,9 @@ from typing import Any
 
 from memspan import names
 from memspan.launcher.exit_classify import ProcessExitClassification
+from memspan.names import EventType
 from memspan.oom.breadcrumbs import DIRECTORY, read_breadcrumb
 from memspan.oom.bundle import BundleContent, bundle_name, write_bundle
-from memspan.oom.events import EventType
 from memspan.oom.recorder import environment_report
 from memspan.oom.retention import prune
 from memspan.safe_files import UnsafePathError, check_directory, unlink_in

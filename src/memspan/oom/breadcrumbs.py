@@ -47,7 +47,7 @@ import time
 from typing import Any
 
 from memspan.drops import BREADCRUMB_ERROR, DropLedger
-from memspan.oom.events import EventType
+from memspan.names import EventType
 from memspan.oom.ring import EventRing
 from memspan.safe_files import (
     UnsafePathError,

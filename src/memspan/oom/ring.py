@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from memspan.drops import EVENT_TRUNCATED, RING_OVERFLOW, DropLedger
-from memspan.oom.events import EventType
+from memspan.names import EventType
 
 _STRING_CUT = 1024
 _SAMPLE = EventType.SAMPLE.value

@@ -35,19 +35,19 @@ from opentelemetry.metrics import Counter
 from memspan import names
 from memspan.config import MemspanConfig
 from memspan.drops import CALLBACK_ERROR, DropLedger
+from memspan.names import EventType
 from memspan.oom.breadcrumbs import BreadcrumbWriter, breadcrumb_path
 from memspan.oom.classify import OOMExceptionClassification, OOMKind, classify_oom_exception
-from memspan.oom.events import EventType
 from memspan.oom.observer import AllocatorObserver, ObservedOOM, process_observer
 from memspan.oom.recorder import DumpRequest, DumpResult, OOMFlightRecorder, OOMFlightRecorderConfig
+from memspan.phases.record import PhaseSpan
 from memspan.resource import rank_identity_or_default
-from memspan.runtime import OpenScope
 from memspan.sampling.sampler import CounterIncrease, Sampler
 from memspan.sources.base import MemorySource, Reading
 from memspan.sources.torch_allocator import TorchAllocatorSource
 
 if TYPE_CHECKING:
-    from memspan.phase_span import PhaseSpan
+    from memspan.phases.record import PhaseSpan
 
 _logger = logging.getLogger(__name__)
 #: a bound on a phase_end ring event's JSON size, path, scope id and error name excepted
@@ -74,7 +74,7 @@ def _hex_ids(span: trace.Span) -> tuple[str | None, str | None]:
     return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
 
-def phase_stack(scope: OpenScope | None) -> list[dict[str, Any]]:
+def phase_stack(scope: PhaseSpan | None) -> list[dict[str, Any]]:
     """The open phases from the outermost to ``scope``, each with its user attributes.
 
     Walks the live parent links; :func:`memspan.launcher.breadcrumb_bundles.open_phases`
@@ -120,7 +120,7 @@ class FlightRecorderService:
         sources: Sequence[MemorySource],
         torch_source: TorchAllocatorSource | None,
         oom_counter: Counter,
-        current_phase: Callable[[], OpenScope | None],
+        current_phase: Callable[[], PhaseSpan | None],
         drain: Callable[[], object],
         observer: AllocatorObserver | None = None,
         sample_every_s: float = 1.0,
@@ -322,7 +322,7 @@ class FlightRecorderService:
 
     def _respond(self, error: BaseException, classification: OOMExceptionClassification,
                  span: trace.Span | None, extra_span: trace.Span | None,
-                 scope: OpenScope | None, *, context: str | None,
+                 scope: PhaseSpan | None, *, context: str | None,
                  metadata: Mapping[str, Any] | None = None) -> DumpResult:
         try:
             self._drain()  # the ring gets the phases that ended just before the OOM
@@ -437,7 +437,7 @@ def _thread_name(thread: threading.Thread | None) -> str:
 
 def enclosing_non_phase_span(phase: PhaseSpan) -> trace.Span | None:
     """The nearest still-open span around ``phase`` that is not a phase span, if any."""
-    node: OpenScope | None = phase
+    node: PhaseSpan | None = phase
     while node is not None:
         outer: trace.Span | None = getattr(node, "outer_span", None)
         if outer is not None and outer.is_recording():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 from memspan import names
+from memspan.names import EventType
 from memspan.oom.bundle import BUNDLE_NAME
-from memspan.oom.events import EventType
 from memspan.oom.retention import list_bundles
 from memspan.report.lines import InputError, LineReader, read_small_json
 from memspan.report.model import OOMRecord, ReportModel, TimelineSpan

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from memspan import names
 from memspan.metric_catalogue import BYTES, ONE, Cadence, InstrumentKind, MetricRow
-from memspan.oom.events import EventType
+from memspan.names import EventType
 from memspan.sources.base import DeviceIdentity, Reading, SourceStatus
 
 

@@ -3,7 +3,7 @@
 Three modes:
 
 - ``deferred`` (the default where possible): the caller's thread only makes a
-  :class:`~memspan.phase_span.PhaseSpan` current with a real ``SpanContext`` (the provider's id
+  :class:`~memspan.phases.record.PhaseSpan` current with a real ``SpanContext`` (the provider's id
   generator and sampler decide ids and sampling); the finished ``ReadableSpan`` is built later,
   in batches, by the export worker and handed to the provider's span processors' ``on_end``.
 - ``sync``: the same span, built and handed to ``on_end`` at the phase's exit, on the

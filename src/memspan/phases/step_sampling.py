@@ -26,10 +26,8 @@ new peaks, so they are kept, never lost).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from memspan.phase_span import PhaseSpan
+from memspan.phases.record import PhaseSpan, StepTrace
 
 ERROR = "error"
 OOM = "oom"
@@ -58,21 +56,6 @@ class StepSamplingConfig:
         for name in ("keep_first", "retained_bytes", "peak_increase_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
-
-
-class StepTrace:
-    """One step trace while it is open or waiting for its decision."""
-
-    __slots__ = ("buffered", "decision", "foreign", "root")
-
-    def __init__(self, root: PhaseSpan) -> None:
-        self.root = root
-        #: phases of this step that ended before its root, waiting for the decision
-        self.buffered: list[PhaseSpan] = []
-        #: set by the export worker from another instrumentation's span in this trace
-        self.foreign = False
-        #: the keep reason once decided ("dropped" when dropped), else None
-        self.decision: str | None = None
 
 
 class StepSampler:

@@ -1,4 +1,5 @@
-"""The one record of a phase: its place in the nesting, its OTel span, and its figures.
+"""The one record of a phase (its place in the nesting, its OTel span, its figures), and the
+step trace it may belong to.
 
 A :class:`PhaseSpan` is created when a phase opens and is what the OpenTelemetry context
 holds while it is open, so ``trace.get_current_span()`` inside a phase returns it, spans of
@@ -6,7 +7,7 @@ other instrumentations take it as their parent, and ``set_attribute``/``add_even
 ``record_exception``/``set_status`` on it land in the exported span. It is deliberately not
 an SDK span: it stores what callers give it and nothing else, and the exported
 ``ReadableSpan`` is built from it later, off the caller's thread
-(:mod:`memspan.phase_export`).
+(:mod:`memspan.phases.export`).
 
 Invariants:
 
@@ -37,13 +38,11 @@ from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from memspan import names
-from memspan.runtime import OpenScope
 
 if TYPE_CHECKING:
     from contextvars import Token
 
-    from memspan.boundary import EntryFigures, ExitFigures
-    from memspan.step_sampling import StepTrace
+    from memspan.phases.figures import EntryFigures, ExitFigures
 
 #: an event as recorded on the caller's thread: (name, attributes, time in ns)
 RawEvent = tuple[str, Mapping[str, AttributeValue], int]
@@ -52,7 +51,29 @@ RawEvent = tuple[str, Mapping[str, AttributeValue], int]
 MAX_RECORDED = 1024
 
 
-class PhaseSpan(OpenScope, trace.Span):
+class _Nesting:
+    """The slotted fields of a phase's place in the nesting (first base: fixed layout)."""
+
+    __slots__ = ("attributes", "closed", "context_token", "depth", "name", "parent", "path",
+                 "path_text", "rank", "scope_id", "sequence", "session_id", "thread",
+                 "thread_id")
+
+    attributes: Mapping[str, Any]
+    closed: bool
+    context_token: Token[Context] | None
+    depth: int
+    name: str
+    path: tuple[str, ...]
+    path_text: str
+    rank: int
+    scope_id: str
+    sequence: int
+    session_id: str
+    thread: threading.Thread
+    thread_id: int
+
+
+class PhaseSpan(_Nesting, trace.Span):
     """One phase from entry to export (see the module docstring)."""
 
     # Fields every phase sets are slots; fields most phases never set are class-level
@@ -69,7 +90,8 @@ class PhaseSpan(OpenScope, trace.Span):
         "step",
     )
 
-    parent: PhaseSpan | None  # narrowed from OpenScope: a phase's parent is a phase
+    parent: PhaseSpan | None
+
     #: the span that was current when the phase opened, when it is another instrumentation's
     outer_span: trace.Span | None = None
     links: Sequence[Link] = ()
@@ -93,7 +115,7 @@ class PhaseSpan(OpenScope, trace.Span):
     def __init__(self, name: str, path: tuple[str, ...], path_text: str,
                  parent: PhaseSpan | None, scope_id: str, sequence: int, session_id: str,
                  rank: int) -> None:
-        # OpenScope's fields, filled directly (its __init__ does work the hot path avoids)
+        # the place in the nesting
         self.name = name
         self.path = path
         self.path_text = path_text
@@ -103,12 +125,12 @@ class PhaseSpan(OpenScope, trace.Span):
         self.sequence = sequence
         self.session_id = session_id
         self.rank = rank
-        self.generation = 0
         self.thread = thread = threading.current_thread()
         self.thread_id = thread.ident or 0
         self.closed = False
+        #: the phase's user attributes, already cleaned to OTel types (empty when none)
         self.attributes = _NO_ATTRIBUTES
-        self.context_token: Token[Context] | None = None
+        self.context_token = None
         # the span and the figures
         self.span_context: SpanContext = trace.INVALID_SPAN_CONTEXT
         self.parent_span_context: SpanContext | None = None
@@ -192,12 +214,31 @@ class PhaseSpan(OpenScope, trace.Span):
                  tb: TracebackType | None) -> None:
         """``with span:`` on a phase span neither ends it nor records anything."""
 
+    def describe(self) -> str:
+        return f"phase {self.path_text!r} (scope {self.scope_id})"
+
     def __repr__(self) -> str:
         state = "open" if not self.end_ns else "ended"
         return f"<PhaseSpan {self.path_text!r} scope={self.scope_id} {state}>"
 
 
 _NO_ATTRIBUTES: Mapping[str, Any] = {}
+
+
+class StepTrace:
+    """One step trace (the phases under one trace-root phase) while it is open or waiting
+    for its decision (:mod:`memspan.phases.step_sampling` decides it)."""
+
+    __slots__ = ("buffered", "decision", "foreign", "root")
+
+    def __init__(self, root: PhaseSpan) -> None:
+        self.root = root
+        #: phases of this step that ended before its root, waiting for the decision
+        self.buffered: list[PhaseSpan] = []
+        #: set by the export worker from another instrumentation's span in this trace
+        self.foreign = False
+        #: the keep reason once decided ("dropped" when dropped), else None
+        self.decision: str | None = None
 
 
 def exception_attributes(exception: BaseException, attributes: Attributes = None,

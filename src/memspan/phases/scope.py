@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from memspan.runtime import PhaseProtocolError
+from memspan.phases.handle import PhaseProtocolError
 
 if TYPE_CHECKING:
-    from memspan.phase_core import PhaseCore
-    from memspan.phase_span import PhaseSpan
+    from memspan.phases.core import PhaseCore
+    from memspan.phases.record import PhaseSpan
 
 F = TypeVar("F")
 

@@ -1,4 +1,7 @@
-"""Validation of the attributes users attach to phases, done once at the phase edge.
+"""Validation at the phase edge: phase names, and the attributes users attach to phases.
+
+A name is a non-blank string (trimmed); paths join names with ``PATH_SEPARATOR`` and stop
+growing past ``MAX_DEPTH`` levels.
 
 Invariants: values of OpenTelemetry attribute types (str, bool, int within 64 bits, float and
 homogeneous sequences of them) pass through unchanged; any other value is stringified (a value
@@ -15,7 +18,10 @@ from typing import Any
 from opentelemetry.util.types import AttributeValue
 
 from memspan.drops import ATTRIBUTE_STRINGIFIED, DropLedger
-from memspan.names import RESERVED_PREFIX
+from memspan.names import PATH_SEPARATOR, RESERVED_PREFIX
+
+#: the deepest nesting a path records (deeper phases keep their parent's path)
+MAX_DEPTH = 256
 
 _SCALARS = (str, bool, int, float)
 
@@ -71,3 +77,18 @@ def clean_attributes(
             )
             cleaned[key] = _as_text(key, value)
     return cleaned
+
+
+def validate_phase_name(name: object) -> str:
+    """Return the trimmed phase name; reject anything that is not a non-blank string."""
+    if not isinstance(name, str):
+        raise TypeError(f"phase name must be a str, got {type(name).__name__}: {name!r}")
+    trimmed = name.strip()
+    if not trimmed:
+        raise ValueError(f"phase name must not be empty or blank, got {name!r}")
+    return trimmed
+
+
+def format_path(path: tuple[str, ...]) -> str:
+    """Join phase names from the outermost to the innermost (Stormlog's format)."""
+    return PATH_SEPARATOR.join(path)

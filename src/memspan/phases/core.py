@@ -2,10 +2,10 @@
 
 Entering: the name (validated once per distinct name), the parent from the OTel context,
 ids from the provider's id generator and the provider's sampling decision, the fresh memory
-figures, one :class:`~memspan.phase_span.PhaseSpan` made current (one context switch).
+figures, one :class:`~memspan.phases.record.PhaseSpan` made current (one context switch).
 Leaving: the fresh figures again, the context restored, one append to the export buffer.
 Everything else (the exported span, histograms, ring events, leak watch) happens on the
-export worker (:mod:`memspan.phase_export`).
+export worker (:mod:`memspan.phases.export`).
 
 Invariants:
 
@@ -43,16 +43,15 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from memspan.attributes import clean_attributes
-from memspan.boundary import BoundaryReader, raised_by_user_code
 from memspan.drops import CALLBACK_ERROR, PHASE_MISNESTED, PHASE_PATH_TRUNCATED, DropLedger
 from memspan.fork_safety import reset_in_forked_children
 from memspan.names import PATH_SEPARATOR
-from memspan.phase_export import PhaseExporter, start_attributes
-from memspan.phase_span import PhaseSpan, exception_attributes
-from memspan.runtime import MAX_DEPTH, validate_phase_name
-from memspan.span_path import SDK, SYNC, SpanPath, waits_for_provider
-from memspan.step_sampling import StepTrace
+from memspan.phases.export import PhaseExporter
+from memspan.phases.figures import BoundaryReader, raised_by_user_code
+from memspan.phases.record import PhaseSpan, StepTrace, exception_attributes
+from memspan.phases.span_build import start_attributes
+from memspan.phases.span_path import SDK, SYNC, SpanPath, waits_for_provider
+from memspan.phases.validation import MAX_DEPTH, clean_attributes, validate_phase_name
 
 _logger = logging.getLogger(__name__)
 

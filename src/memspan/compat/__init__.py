@@ -1,0 +1,1 @@
+"""Compatibility with the tools memspan grew out of (Stormlog's phase runtime and OOM recorder)."""
