@@ -209,7 +209,7 @@ def test_the_default_sampler_shortcut_decides_as_the_sdk_would() -> None:
     from opentelemetry.sdk.trace.sampling import DEFAULT_ON
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-    from memspan.phases.core import follows_parent
+    from memspan.phases.span_path import follows_parent
 
     assert follows_parent(DEFAULT_ON) and follows_parent(ParentBased(ALWAYS_ON_SAMPLER))
     assert not follows_parent(ParentBased(TraceIdRatioBased(0.5)))

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memspan.bootstrap import configure, shutdown
 from memspan.compat.stormlog import PhaseBoundary, PhaseRecorder, PhaseToken
 from memspan.config import ConfigError, MemspanConfig
+from memspan.names import REPORT_SUFFIX
 from memspan.oom import (
     OOMExceptionClassification,
     OOMFlightRecorder,
@@ -31,10 +32,11 @@ from memspan.oom import (
 from memspan.oom.service import capture_oom_block
 from memspan.phases.core import PhaseCore
 from memspan.phases.handle import PhaseHandle, PhaseProtocolError
-from memspan.report.builder import DEFAULT_SUFFIX, ReportResult
-from memspan.report.builder import generate_report as _generate_report
 from memspan.tracker import PhaseScope, Tracker, default_tracker_or_none, get_tracker
 from memspan.version import __version__
+
+if TYPE_CHECKING:  # the report package loads when a report is asked for, not at import
+    from memspan.report.builder import ReportResult
 
 
 def phase(name: str, /, trace_root: bool | None = None, **attributes: Any) -> PhaseScope:
@@ -72,12 +74,23 @@ def capture_oom(
                              context, metadata)
 
 
-def generate_report(folder: str | None = None, suffix: str = DEFAULT_SUFFIX) -> ReportResult:
+def generate_report(folder: str | None = None, suffix: str = REPORT_SUFFIX) -> ReportResult:
     """The HTML audit of the default tracker's session (``Tracker.generate_report``)."""
     tracker = default_tracker_or_none()
     if tracker is None:
-        return _generate_report(folder, suffix)
+        from memspan.report.builder import generate_report as build_without_session
+
+        return build_without_session(folder, suffix)
     return tracker.generate_report(folder, suffix)
+
+
+def __getattr__(name: str) -> Any:
+    """``memspan.ReportResult`` without importing the report package at ``import memspan``."""
+    if name == "ReportResult":
+        from memspan.report.builder import ReportResult
+
+        return ReportResult
+    raise AttributeError(f"module 'memspan' has no attribute {name!r}")
 
 
 __all__ = [
@@ -92,6 +105,7 @@ __all__ = [
     "PhaseRecorder",
     "PhaseScope",
     "PhaseToken",
+    "ReportResult",
     "Tracker",
     "__version__",
     "capture_oom",

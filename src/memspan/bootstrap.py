@@ -49,6 +49,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from memspan import environment_variables as ev
+from memspan import otel_internals
 from memspan.analysis.thresholds import LeakThresholds
 from memspan.config import ConfigError, MemspanConfig
 from memspan.drops import PROCESS_LEDGER, DropLedger
@@ -106,7 +107,7 @@ def global_providers_set() -> bool:
     """True when someone installed a real (non-proxy) tracer or meter provider."""
     tracer_provider = trace.get_tracer_provider()
     meter_provider = metrics.get_meter_provider()
-    proxy_meter = type(meter_provider).__name__ == "_ProxyMeterProvider"
+    proxy_meter = otel_internals.is_proxy_meter_provider(meter_provider)
     return not isinstance(tracer_provider, trace.ProxyTracerProvider) or not proxy_meter
 
 
@@ -252,7 +253,7 @@ def adopt_global_providers() -> Providers:
     owned: list[Any] = []
     for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
         shutdown_method = getattr(provider, "shutdown", None)
-        if getattr(provider, "_atexit_handler", None) is not None and shutdown_method:
+        if otel_internals.has_sdk_exit_handler(provider) and shutdown_method:
             atexit.unregister(shutdown_method)
             owned.append(provider)
     return Providers("instrumented", PROCESS_LEDGER, owned=owned, destinations=exporters_of(

@@ -145,6 +145,10 @@ EXCEPTION_STACKTRACE: Final = exception_attributes.EXCEPTION_STACKTRACE
 EXCEPTION_ESCAPED: Final = exception_attributes.EXCEPTION_ESCAPED
 
 
+#: the default last part of a report's file name (``YYYYMMDD_HHMMSS_{ENV}_{SUFFIX}.html``)
+REPORT_SUFFIX: Final = "memory_audit"
+
+
 class EventType(str, Enum):
     """The ``type`` field of every flight-recorder ring event (and breadcrumb line)."""
 

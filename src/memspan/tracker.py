@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import metrics, trace
 
@@ -36,18 +36,18 @@ from memspan.analysis.thresholds import LeakThresholds
 from memspan.config import ConfigError, MemspanConfig
 from memspan.drops import PROCESS_LEDGER, DropLedger
 from memspan.instruments import MemoryInstruments
+from memspan.names import REPORT_SUFFIX
 from memspan.oom.observer import AllocatorObserver
 from memspan.oom.service import FlightRecorderService
 from memspan.phases.core import PhaseCore
-from memspan.phases.export import FlushHook, PhaseExporter, install_flush_hook
+from memspan.phases.export import FlushHook, PhaseExporter
 from memspan.phases.figures import BoundaryReader
 from memspan.phases.handle import PhaseHandle
-from memspan.phases.histograms import BYTE_BUCKETS, SECOND_BUCKETS, PhaseHistograms
+from memspan.phases.histograms import PhaseHistograms
 from memspan.phases.record import PhaseSpan
 from memspan.phases.scope import PhaseScope
-from memspan.phases.span_path import SDK, SpanPath, real_tracer, resolve
+from memspan.phases.span_path import SDK, SpanPath, SpanPaths
 from memspan.phases.step_sampling import StepSampler, StepSamplingConfig
-from memspan.report.builder import DEFAULT_SUFFIX, ReportResult, generate_report
 from memspan.resource import detected_rank
 from memspan.sampling.sampler import Sampler
 from memspan.sources import STANDARD_SOURCES
@@ -55,6 +55,9 @@ from memspan.sources.base import MemorySource
 from memspan.sources.host import HostMemorySource
 from memspan.sources.torch_allocator import TorchAllocatorSource
 from memspan.version import __version__
+
+if TYPE_CHECKING:
+    from memspan.report.builder import ReportResult
 
 _logger = logging.getLogger(__name__)
 
@@ -89,55 +92,56 @@ class Tracker:
         self.rank = detected_rank() if rank is None else rank
         self.ledger = ledger if ledger is not None else DropLedger()
         self._closed = False
-        self._processors_seen: object = None
-        self._tracer_provider = tracer_provider or trace.get_tracer_provider()
-        self._meter_provider = meter_provider or metrics.get_meter_provider()
+        #: the providers given (None: the global ones, looked up when flushing)
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
         tracer = trace.get_tracer(names.INSTRUMENTATION_NAME, __version__, tracer_provider,
                                   schema_url=names.SCHEMA_URL)
         meter = metrics.get_meter(names.INSTRUMENTATION_NAME, __version__, meter_provider,
                                   schema_url=names.SCHEMA_URL)
-        # -- sources and sampling
+        self._build_sampling(meter, sources)
+        self._build_phases(tracer, meter)
+        self._build_flight_recorder(observer, install_excepthooks)
+        self._build_leak_watch(leak_thresholds)
+        self.exporter.start()
+        if start_sampler:
+            self.sampler.start()
+
+    # -- the steps of building a session (in this order) --------------------------------------
+    def _build_sampling(self, meter: metrics.Meter, sources: Sequence[MemorySource] | None
+                        ) -> None:
+        """Sources, their sampler thread, and one observable instrument per catalogue row
+        (whose collection first delivers finished phases: ``before_collect``)."""
         self.sources = list(sources) if sources is not None else default_sources()
         self.sampler = Sampler(self.sources, interval_s=self.config.sample_interval_s,
                                slow_interval_s=self.config.nvml_interval_s, ledger=self.ledger)
-        catalogue = self.sampler.catalogue
         self.instruments = MemoryInstruments(meter, lambda: self.sampler.state, self.ledger,
-                                             catalogue=catalogue, emit_rss=self.config.rss_metric,
+                                             catalogue=self.sampler.catalogue,
+                                             emit_rss=self.config.rss_metric,
                                              before_collect=self.flush)
         self.torch_source = self.source(TorchAllocatorSource)
-        # -- phases: export worker, histograms, step sampling, the hot path
+
+    def _build_phases(self, tracer: trace.Tracer, meter: metrics.Meter) -> None:
+        """The span path, the export worker (histograms, step sampling, the flush hook on the
+        provider) and the caller's-thread core, which hands finished phases to the worker."""
+        catalogue = self.sampler.catalogue
         oom_count = catalogue.row(names.OOM_COUNT)
         self.oom_counter = meter.create_counter(
             oom_count.name, unit=oom_count.unit, description=oom_count.description)
-        duration, memory_peak = (catalogue.row(names.PHASE_DURATION),
-                                 catalogue.row(names.PHASE_MEMORY_PEAK))
-        span_path = resolve(tracer, self.config.span_mode)
-        self._tracer = tracer
+        self.span_paths = SpanPaths(tracer, self.config.span_mode)
         self.exporter = PhaseExporter(
-            lambda: self.phases.span_path,
-            PhaseHistograms(
-                meter.create_histogram(
-                    duration.name, unit=duration.unit, description=duration.description,
-                    explicit_bucket_boundaries_advisory=SECOND_BUCKETS),
-                meter.create_histogram(
-                    memory_peak.name, unit=memory_peak.unit,
-                    description=memory_peak.description,
-                    explicit_bucket_boundaries_advisory=BYTE_BUCKETS),
-            ),
-            StepSampler(StepSamplingConfig(
-                keep_every=self.config.step_keep_every,
-                keep_first=self.config.step_keep_first,
-                retained_bytes=int(self.config.step_keep_retained_mb * (1 << 20)),
-                peak_increase_bytes=int(self.config.step_peak_increase_mb * (1 << 20)),
-            )),
+            self.span_paths,
+            PhaseHistograms.create(meter, catalogue.row(names.PHASE_DURATION),
+                                   catalogue.row(names.PHASE_MEMORY_PEAK)),
+            StepSampler(StepSamplingConfig.from_config(self.config)),
             meter.create_counter(names.STEP_COUNT, unit="1",
                                  description="Step traces, kept or dropped by step sampling"),
             self.ledger,
             interval_s=self.config.sample_interval_s,
         )
-        self._hook_provider(span_path)
+        self.span_paths.install(FlushHook(self.exporter))
         self.phases = PhaseCore(
-            span_path=span_path,
+            span_paths=self.span_paths,
             boundary=BoundaryReader(self.source(HostMemorySource), self.torch_source,
                                     self.sampler, self.ledger),
             exporter=self.exporter,
@@ -146,42 +150,27 @@ class Tracker:
             ledger=self.ledger,
             trace_roots=self.config.trace_root_names,
         )
-        # -- flight recorder and leak watch
+
+    def _build_flight_recorder(self, observer: AllocatorObserver | None,
+                               install_excepthooks: bool) -> None:
+        """The ring, bundles and breadcrumbs: it watches phases on the caller's thread (OOM
+        answers, breadcrumbs) and listens to finished ones on the export worker."""
         self.flight_recorder = FlightRecorderService(
             config=self.config, rank=self.rank, session_id=self.session_id, ledger=self.ledger,
             sampler=self.sampler, sources=self.sources, torch_source=self.torch_source,
             oom_counter=self.oom_counter, current_phase=self.phases.current,
             drain=self.exporter.drain, observer=observer,
         )
-        self.phases.on_provider_set = self._move_to_global_provider
-        self.phases.oom_handler = self.flight_recorder.on_phase_error
-        self.phases.on_first_device_phase = self.flight_recorder.prepare_for_device
-        if self.flight_recorder.breadcrumbs is not None:
-            self.phases.on_phase_start = self.flight_recorder.phase_started
+        self.phases.watch(self.flight_recorder)
         self.exporter.listeners.append(self.flight_recorder)
-        self.leak_watch = LeakWatcher(
-            self.ledger,
-            leak_thresholds if leak_thresholds is not None else LeakThresholds.from_env(),
-        )
-        self.exporter.listeners.append(self.leak_watch)
-        self.exporter.before_drain = self._recheck_span_path
         if install_excepthooks:
             self.flight_recorder.install_excepthooks()
-        self.exporter.start()
-        if start_sampler:
-            self.sampler.start()
 
-    def _hook_provider(self, span_path: SpanPath) -> None:
-        """Make the provider's flush and shutdown deliver pending phases (SDK providers)."""
-        sdk = span_path.sdk_tracer or real_tracer(span_path.tracer)
-        if not hasattr(sdk, "span_processor"):
-            return
-        try:
-            install_flush_hook(sdk.span_processor, FlushHook(self.exporter))
-        except Exception as error:
-            _logger.debug("memspan: flush hook not installed (%s); call memspan.shutdown() "
-                          "before the provider's", error)
-        self._processors_seen = getattr(sdk.span_processor, "_span_processors", None)
+    def _build_leak_watch(self, thresholds: LeakThresholds | None) -> None:
+        """Live leak suspicion from finished phases (export worker)."""
+        self.leak_watch = LeakWatcher(
+            self.ledger, thresholds if thresholds is not None else LeakThresholds.from_env())
+        self.exporter.listeners.append(self.leak_watch)
 
     def source(self, kind: type[_S]) -> _S | None:
         """The first source of the given class, if this tracker has one."""
@@ -193,26 +182,7 @@ class Tracker:
     @property
     def span_path(self) -> SpanPath:
         """How this tracker's phase spans reach the provider (``deferred``, ``sync``, ``sdk``)."""
-        return self.phases.span_path
-
-    def _move_to_global_provider(self) -> None:
-        """A global provider was set after this tracker was built on the proxy: build phase
-        spans for it from now on, and make its flush and shutdown deliver pending phases."""
-        self._tracer_provider = trace.get_tracer_provider()
-        path = resolve(self._tracer, self.config.span_mode)
-        self._hook_provider(path)
-        self.phases.rebind(path)
-
-    def _recheck_span_path(self) -> None:
-        """Processors added to the provider after this tracker was built (one with
-        ``on_start`` work, say) switch new phases to the path that suits them."""
-        sdk = self.phases.span_path.sdk_tracer or real_tracer(self._tracer)
-        multi = getattr(sdk, "span_processor", None)
-        current = getattr(multi, "_span_processors", None)
-        if current is None or current is self._processors_seen:
-            return
-        self._processors_seen = current
-        self.phases.rebind(resolve(self._tracer, self.config.span_mode))
+        return self.span_paths.current
 
     # -- public phase API --------------------------------------------------------------------
     def phase(self, name: str, /, trace_root: bool | None = None,
@@ -251,12 +221,14 @@ class Tracker:
         return phase.path_text if phase is not None else None
 
     # -- reports -------------------------------------------------------------------------------
-    def generate_report(self, folder: str | None = None, suffix: str = DEFAULT_SUFFIX
+    def generate_report(self, folder: str | None = None, suffix: str = REPORT_SUFFIX
                         ) -> ReportResult:
         """The HTML audit of this session so far (the seed's API): flushes this session's
         phases and providers, then writes ``folder/YYYYMMDD_HHMMSS_{ENV}_{SUFFIX}.html`` (folder
         default: ``configure(reports_dir=...)``, ``$MEMSPAN_REPORTS_DIR``,
         ``$RAMFLOW_REPORTS_DIR``, ``.memory_audits``)."""
+        from memspan.report.builder import generate_report  # loaded only when asked for
+
         self.flush_providers()
         configured = self.config.reports_dir
         default = ev.variable(ev.MEMSPAN_REPORTS_DIR).check(
@@ -277,7 +249,9 @@ class Tracker:
         self.flush()
         deadline = time.monotonic() + timeout_s
         finished = True
-        for provider in (self._tracer_provider, self._meter_provider):
+        providers = (self._tracer_provider or trace.get_tracer_provider(),
+                     self._meter_provider or metrics.get_meter_provider())
+        for provider in providers:
             force_flush = getattr(provider, "force_flush", None)
             if force_flush is None:
                 continue

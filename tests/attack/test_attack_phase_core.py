@@ -141,7 +141,7 @@ def test_step_sampling_on_the_sdk_span_path_keeps_every_step_and_says_so(
     t = make_telemetry(config=MemspanConfig.from_env())
     try:
         t.tracer_provider.add_span_processor(Enricher())
-        t.tracker._recheck_span_path()
+        t.tracker.span_paths.recheck()
         assert t.tracker.span_path.mode == "sdk"
         for _ in range(30):
             with t.tracker.phase("step"):

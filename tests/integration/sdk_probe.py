@@ -45,7 +45,7 @@ def run(provider: TracerProvider, exporter: InMemorySpanExporter,
     if break_tracer:  # a tracer without the internals the deferred path needs
         from memspan.phases.span_path import resolve
 
-        tracker.phases.rebind(resolve(Delegating(tracker.span_path.tracer), "deferred"))
+        tracker.span_paths.use(resolve(Delegating(tracker.span_path.tracer), "deferred"))
     foreign = provider.get_tracer("other")
     try:
         with tracker.phase("train"), tracker.phase("step"), tracker.phase("forward"), \

@@ -35,6 +35,7 @@ from opentelemetry.context import Context
 from memspan.names import EventType
 from memspan.oom.classify import OOMExceptionClassification, classify_oom_exception
 from memspan.oom.recorder import OOMFlightRecorder, OOMFlightRecorderConfig
+from memspan.otel_internals import reset_context
 from memspan.phases.handle import PhaseHandle, PhaseProtocolError
 from memspan.phases.validation import MAX_DEPTH, format_path, validate_phase_name
 
@@ -276,7 +277,7 @@ class PhaseRecorder:
     def _finish(self, scope: OpenScope, *, ignore_wrong_context: bool) -> None:
         assert scope.context_token is not None
         try:
-            _reset_context(scope.context_token)
+            reset_context(scope.context_token)
         except (ValueError, RuntimeError):
             if not ignore_wrong_context:
                 raise PhaseProtocolError(
@@ -356,19 +357,6 @@ def _has_ancestor(scope: OpenScope, ancestor: OpenScope) -> bool:
             return True
         node = node.parent
     return False
-
-
-def _reset_context(token: Token[Context]) -> None:
-    """Detach like ``opentelemetry.context.detach`` but let a wrong-context error surface.
-
-    The public ``detach`` logs and swallows the ``ValueError`` a token from another context
-    raises; the recorder needs it to report the protocol error instead.
-    """
-    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-    if runtime is None:  # pragma: no cover - only if the API moves the runtime context
-        otel_context.detach(token)
-        return
-    runtime.detach(token)
 
 
 __all__ = [

@@ -5,7 +5,7 @@ that a span is about to push another one out and counts it as ``export_queue_ful
 exporter that is down shows up in ``memspan.recorder.dropped`` instead of a log line.
 
 The SDK has no public way to ask how full the queue is, so this reads the batch processor's
-``_batch_processor._queue`` and ``_max_queue_size``. When a future SDK moves them, counting
+queue through :func:`memspan.otel_internals.batch_queue`. When a future SDK moves them, counting
 stops *loudly*: the constructor logs one warning per process saying that these drops are no
 longer counted by memspan and that the SDK's own ``otel.sdk.processor.span.processed``
 counter (``error.type=queue_full``, enabled by ``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``)
@@ -22,7 +22,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from memspan import names
+from memspan import names, otel_internals
 from memspan.drops import EXPORT_QUEUE_FULL, DropLedger
 
 _logger = logging.getLogger(__name__)
@@ -33,12 +33,10 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     def __init__(self, exporter: SpanExporter, ledger: DropLedger, **kwargs: Any) -> None:
         super().__init__(exporter, **kwargs)
         self._ledger = ledger
-        inner = getattr(self, "_batch_processor", None)
-        queue = getattr(inner, "_queue", None)
-        limit = getattr(inner, "_max_queue_size", None)
-        self._queue: Sized | None = queue if isinstance(queue, Sized) else None
-        self._limit: int | None = limit if isinstance(limit, int) else None
-        self.counting = self._queue is not None and self._limit is not None
+        found = otel_internals.batch_queue(self)
+        self._queue: Sized | None = found[0] if found is not None else None
+        self._limit: int | None = found[1] if found is not None else None
+        self.counting = found is not None
         if not self.counting and not _warned.is_set():
             _warned.set()
             _logger.warning(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from memspan import environment_variables as ev
+from memspan import otel_internals
 from memspan.phases.span_path import PassiveProcessor
 
 _NOWHERE_HINT = ("set OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT, "
@@ -18,35 +19,28 @@ _NOWHERE_HINT = ("set OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER or OTEL_EXPOR
 
 def _describe_exporter(exporter: Any) -> str:
     name = type(exporter).__name__
-    path = getattr(getattr(exporter, "_stream", None), "path", None)
-    if isinstance(path, str):
-        return f"{name} -> {path}"
-    endpoint = getattr(exporter, "_endpoint", None)
-    if isinstance(endpoint, str) and endpoint:
-        return f"{name} -> {endpoint}"
-    return name
+    where = otel_internals.exporter_destination(exporter)
+    return f"{name} -> {where}" if where is not None else name
 
 
 def exporters_of(tracer_provider: Any, meter_provider: Any) -> list[str] | None:
     """Descriptions of the exporters behind two SDK providers; None when they are not SDK
     providers (or not recognisable), [] when they are and export nowhere."""
     try:
-        multi = getattr(tracer_provider, "_active_span_processor", None)
-        processors = getattr(multi, "_span_processors", None)
-        readers = getattr(meter_provider, "_metric_readers", None)
+        multi = otel_internals.provider_span_processor(tracer_provider)
+        processors = otel_internals.child_processors(multi) if multi is not None else None
+        readers = otel_internals.metric_readers(meter_provider)
         if processors is None and readers is None:
             return None
         out: list[str] = []
         for processor in processors or ():
             if isinstance(processor, PassiveProcessor):
                 continue  # memspan's own flush hook is not a destination
-            exporter = getattr(processor, "span_exporter", None)
-            if exporter is None:
-                exporter = getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
+            exporter = otel_internals.span_exporter_of(processor)
             out.append("spans: " + _describe_exporter(exporter if exporter is not None
                                                        else processor))
         for reader in readers or ():
-            exporter = getattr(reader, "_exporter", None)
+            exporter = otel_internals.metric_exporter_of(reader)
             out.append("metrics: " + _describe_exporter(exporter if exporter is not None
                                                          else reader))
         return out

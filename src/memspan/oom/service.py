@@ -104,9 +104,10 @@ class FlightRecorderService:
     It is given only what it uses: the session's settings and identity, the sampler and
     sources (for samples and the memory snapshot), the OOM counter, and two callables: the
     innermost open phase, and a drain that delivers finished phases (so the ring holds the
-    latest phase boundaries before a dump). The tracker wires it in: its :meth:`phase_ended`
-    listens to finished phases on the export worker, :meth:`on_phase_error` answers errors
-    leaving a phase on the caller's thread.
+    latest phase boundaries before a dump). It is a phase listener (:meth:`phase_ended`, on
+    the export worker) and a phase watcher (:class:`~memspan.phases.core.PhaseWatcher`:
+    :meth:`phase_failed` answers errors leaving a phase on the caller's thread,
+    :meth:`phase_started` writes breadcrumbs when they are on).
     """
 
     def __init__(
@@ -156,6 +157,8 @@ class FlightRecorderService:
                  "started_at": time.time(), "dump_dir": os.path.abspath(config.dump_dir)},
                 ledger=ledger,
             )
+        #: phase starts are written at once only to breadcrumbs (see :meth:`phase_started`)
+        self.watches_starts = self.breadcrumbs is not None
         sampler.add_listener(self.on_sample)
         self.observer.add_listener(self.on_observed)
         self._previous_excepthook: Any = None
@@ -254,7 +257,7 @@ class FlightRecorderService:
         if self.breadcrumbs is not None:
             self.breadcrumbs.flush(force=True)
 
-    def prepare_for_device(self) -> None:
+    def device_phase_seen(self) -> None:
         """Attach the allocator's OOM observer (first phase on an initialised device)."""
         self._ensure_observer()
 
@@ -287,7 +290,7 @@ class FlightRecorderService:
         mark_handled(error)
         return classification
 
-    def on_phase_error(self, phase: PhaseSpan, error: BaseException) -> None:
+    def phase_failed(self, phase: PhaseSpan, error: BaseException) -> None:
         """An exception is leaving ``phase`` (caller's thread, before the phase ends)."""
         classification = self._claim(error)
         if classification is None:

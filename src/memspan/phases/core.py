@@ -32,25 +32,24 @@ import logging
 import threading
 import time
 from asyncio import CancelledError
-from collections.abc import Callable, Mapping
-from contextvars import Token
+from collections.abc import Mapping
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from memspan.drops import CALLBACK_ERROR, PHASE_MISNESTED, PHASE_PATH_TRUNCATED, DropLedger
 from memspan.fork_safety import reset_in_forked_children
 from memspan.names import PATH_SEPARATOR
+from memspan.otel_internals import reset_context
 from memspan.phases.export import PhaseExporter
 from memspan.phases.figures import BoundaryReader, raised_by_user_code
 from memspan.phases.record import PhaseSpan, StepTrace, exception_attributes
 from memspan.phases.span_build import start_attributes
-from memspan.phases.span_path import SDK, SYNC, SpanPath, waits_for_provider
+from memspan.phases.span_path import SpanPath, SpanPaths
 from memspan.phases.validation import MAX_DEPTH, clean_attributes, validate_phase_name
 
 _logger = logging.getLogger(__name__)
@@ -67,18 +66,25 @@ _RANDOM = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
 _MAX_NAMES = 4096
 _OUT_OF_ORDER = "closed_out_of_order"
 
-#: what the OOM responder is given: the failing phase and the exception
-OOMHandler = Callable[[PhaseSpan, BaseException], None]
 
 
-def _reset_context(token: Token[Context]) -> None:
-    """Reset like ``opentelemetry.context.detach`` but let a wrong-context error surface."""
-    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-    variable = getattr(runtime, "_current_context", None)
-    if variable is None:  # pragma: no cover - only if the API moves its context variable
-        otel_context.detach(token)
-        return
-    variable.reset(token)
+class PhaseWatcher(Protocol):
+    """What must see a phase on the caller's thread, where the export worker is too late
+    (the flight recorder: an OOM is answered before the exception leaves the phase, the
+    allocator's OOM observer is attached before the first device OOM, and breadcrumbs are on
+    disk before a SIGKILL). Every call is guarded: a watcher that raises is counted."""
+
+    #: whether :meth:`phase_started` must run at every phase start (it costs a write)
+    watches_starts: bool
+
+    def phase_started(self, phase: PhaseSpan) -> None:
+        """``phase`` is open and current."""
+
+    def device_phase_seen(self) -> None:
+        """A phase saw allocator figures for the first time in this session (called once)."""
+
+    def phase_failed(self, phase: PhaseSpan, error: BaseException) -> None:
+        """``error`` is leaving ``phase``, which has not ended yet."""
 
 
 class PhaseCore:
@@ -87,7 +93,7 @@ class PhaseCore:
     def __init__(
         self,
         *,
-        span_path: SpanPath,
+        span_paths: SpanPaths,
         boundary: BoundaryReader,
         exporter: PhaseExporter,
         session_id: str,
@@ -95,47 +101,31 @@ class PhaseCore:
         ledger: DropLedger,
         trace_roots: frozenset[str] = frozenset(),
     ) -> None:
-        self.span_path = span_path
+        self.span_paths = span_paths
         self._boundary = boundary
         self.exporter = exporter
         self.session_id = session_id
         self.rank = rank
         self.ledger = ledger
         self.trace_roots = trace_roots
-        self.oom_handler: OOMHandler | None = None
-        #: called once, on the caller's thread, by the first phase that sees allocator
-        #: figures (the flight recorder attaches the allocator's OOM observer then: it must be
-        #: in place before an OOM, not after the phase's export)
-        self.on_first_device_phase: Callable[[], object] | None = None
-        #: called on the caller's thread when a phase has opened; set only when something
-        #: must see open phases at once (breadcrumbs: a SIGKILL gives no second chance)
-        self.on_phase_start: Callable[[PhaseSpan], object] | None = None
-        #: called when a global provider appeared behind a proxy tracer (the tracker moves
-        #: to it); checked only while the path waits for one
-        self.on_provider_set: Callable[[], object] | None = None
+        self._watcher: PhaseWatcher | None = None
+        self._device_seen = True  # until a watcher wants to hear of it
+        self._watch_starts = False
         self._key = otel_context.create_key("memspan-phase")
         self._sequence = itertools.count(1)
         self._names: dict[object, str] = {}
         #: phases with a lower sequence were opened by the parent of this forked process
         self._inherited_below = 0
-        self._bind(span_path)
         reset_in_forked_children(self)
+
+    def watch(self, watcher: PhaseWatcher) -> None:
+        """Let ``watcher`` see phases on the caller's thread (see :class:`PhaseWatcher`)."""
+        self._watcher = watcher
+        self._device_seen = False
+        self._watch_starts = watcher.watches_starts
 
     def _after_fork_in_child(self) -> None:
         self._inherited_below = next(self._sequence)
-
-    def _bind(self, span_path: SpanPath) -> None:
-        self.span_path = span_path
-        self._fast = span_path.mode != SDK
-        self._waiting = waits_for_provider(span_path.tracer)
-        self._sync = span_path.mode == SYNC
-        sdk = span_path.sdk_tracer
-        if sdk is not None:
-            self._sampler = sdk.sampler
-            self._follows_parent = follows_parent(sdk.sampler)
-            self._ids = sdk.id_generator
-            random_ids = getattr(self._ids, "is_trace_id_random", None)
-            self._root_random = bool(random_ids()) if random_ids is not None else False
 
     # -- reading the nesting ----------------------------------------------------------------------
     def in_trace_root(self) -> bool:
@@ -195,12 +185,15 @@ class PhaseCore:
     def _open(self, clean: str, user: dict[str, Any] | None, trace_root: bool | None,
               frame: FrameType | None, auto: bool, ctx: Context) -> PhaseSpan:
         base = ctx
+        span_path = self.span_paths.current
+        if span_path.waiting:  # a global provider may have appeared: move to it now
+            span_path = self.span_paths.follow_global_provider()
         parent: PhaseSpan | None = ctx.get(self._key)  # type: ignore[assignment]
         while parent is not None and _stale(parent):
             base = _before(parent, base)
             parent = parent.parent
         if (not auto and parent is not None and parent.auto and parent.name == clean
-                and self._fast and base is ctx):
+                and span_path.fast and base is ctx):
             return self._take_over(parent, user, frame, ctx)
         if parent is None:
             path: tuple[str, ...] = (clean,)
@@ -227,14 +220,10 @@ class PhaseCore:
             base = _before(outer, base)
             outer = base.get(_SPAN_KEY)
         is_root = trace_root if trace_root is not None else clean in self.trace_roots
-        if not self._fast and self._waiting and not waits_for_provider(self.span_path.tracer):
-            moved = self.on_provider_set  # a global provider appeared: move to it now
-            if moved is not None:
-                moved()
-        if self._fast:
-            self._start_span(phase, outer, base, is_root)
+        if span_path.fast:
+            self._start_span(span_path, phase, outer, base, is_root)
         else:  # the SDK span carries the phase; the phase stays what user code sees
-            self._start_sdk_span(phase, outer, base, is_root)
+            self._start_sdk_span(span_path, phase, outer, base, is_root)
         self._enter(phase, ctx)
         return phase
 
@@ -266,10 +255,10 @@ class PhaseCore:
     def _enter(self, phase: PhaseSpan, ctx: Context) -> None:
         """Entry figures, start time, and the phase made current (the last step of opening)."""
         entry = phase.entry = self._boundary.entry()
-        if entry.allocator is not None and self.on_first_device_phase is not None:
-            hook, self.on_first_device_phase = self.on_first_device_phase, None
+        if entry.allocator is not None and not self._device_seen and self._watcher is not None:
+            self._device_seen = True
             try:
-                hook()
+                self._watcher.device_phase_seen()
             except Exception:
                 self.ledger.add(CALLBACK_ERROR, warning="preparing the OOM observer failed")
         phase.start_ns = time.time_ns()
@@ -277,10 +266,9 @@ class PhaseCore:
         values[self._key] = phase
         values[_SPAN_KEY] = phase
         phase.context_token = otel_context.attach(Context(values))
-        started = self.on_phase_start
-        if started is not None:
+        if self._watch_starts and self._watcher is not None:
             try:
-                started(phase)
+                self._watcher.phase_started(phase)
             except Exception:
                 self.ledger.add(CALLBACK_ERROR, warning="recording a phase start failed")
 
@@ -302,26 +290,28 @@ class PhaseCore:
             return None, True
         return (outer_context if outer_context.is_valid else None), False
 
-    def _start_span(self, phase: PhaseSpan, outer: Any, base: Context, is_root: bool) -> None:
+    def _start_span(self, span_path: SpanPath, phase: PhaseSpan, outer: Any, base: Context,
+                    is_root: bool) -> None:
         parent_context, is_root = self._span_parent(phase, outer, is_root)
+        ids = span_path.ids
         if parent_context is None:
-            trace_id = self._ids.generate_trace_id()
+            trace_id = ids.generate_trace_id()
             sampler_context = _EMPTY
-            random_id = self._root_random
+            random_id = span_path.root_random
         else:
             trace_id = parent_context.trace_id
             sampler_context = base
             random_id = bool(parent_context.trace_flags & _RANDOM)
-        if self._follows_parent:
+        if span_path.follows_parent:
             # The SDK's default sampler, decided as it would: a root is sampled, a child
             # follows its parent, the parent's trace state carries over.
             sampled = parent_context is None or parent_context.trace_flags.sampled
             trace_state = parent_context.trace_state if parent_context is not None else None
             recording = sampled
         else:
-            result = self._sampler.should_sample(sampler_context, trace_id, phase.name,
-                                                 SpanKind.INTERNAL, phase.attributes or None,
-                                                 phase.links)
+            result = span_path.sampler.should_sample(sampler_context, trace_id, phase.name,
+                                                     SpanKind.INTERNAL,
+                                                     phase.attributes or None, phase.links)
             sampled = result.decision.is_sampled()
             recording = result.decision.is_recording()
             trace_state = result.trace_state
@@ -330,18 +320,18 @@ class PhaseCore:
         flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
         if random_id:
             flags |= _RANDOM
-        phase.span_context = SpanContext(trace_id, self._ids.generate_span_id(), False,
+        phase.span_context = SpanContext(trace_id, ids.generate_span_id(), False,
                                          TraceFlags(flags), trace_state)
         phase.parent_span_context = parent_context
         phase.recording = recording
         self._place_in_step(phase, is_root)
 
-    def _start_sdk_span(self, phase: PhaseSpan, outer: Any, base: Context,
-                        is_root: bool) -> None:
+    def _start_sdk_span(self, span_path: SpanPath, phase: PhaseSpan, outer: Any,
+                        base: Context, is_root: bool) -> None:
         parent_context, is_root = self._span_parent(phase, outer, is_root)
         if is_root:
             phase.trace_root = True  # a start attribute
-        span = self.span_path.tracer.start_span(
+        span = span_path.tracer.start_span(
             phase.name, context=_EMPTY if parent_context is None else base,
             kind=SpanKind.INTERNAL, attributes=start_attributes(phase), links=phase.links,
         )
@@ -389,17 +379,17 @@ class PhaseCore:
             phase.gen_frame = None
         if phase.sequence >= self._inherited_below:  # else the parent process exports it
             self.exporter.submit(phase)
-            if self._sync and phase.sdk_span is None:
+            if phase.sdk_span is None and self.span_paths.current.sync:
                 self.exporter.drain()
         if theirs is not None:
             raise theirs
 
     def _record_error(self, phase: PhaseSpan, error: BaseException) -> None:
         phase.error = type(error).__name__
-        handler = self.oom_handler
-        if handler is not None:
+        watcher = self._watcher
+        if watcher is not None:
             try:
-                handler(phase, error)
+                watcher.phase_failed(phase, error)
             except Exception:
                 self.ledger.add(CALLBACK_ERROR,
                                 warning="the OOM handler raised; the OOM was not dumped")
@@ -436,7 +426,7 @@ class PhaseCore:
             if not (unwinding and token is not None and phase.misnested == _OUT_OF_ORDER):
                 return
         try:
-            _reset_context(token)
+            reset_context(token)
         except (ValueError, RuntimeError):
             if not finalizing:
                 self._misnested(phase, None)
@@ -461,29 +451,6 @@ class PhaseCore:
         self.ledger.add(PHASE_MISNESTED, warning=(
             f"phase {phase.path_text!r} was not the innermost open phase where it closed "
             f"({reason.replace('_', ' ')}); it was ended with its own figures and flagged"))
-
-    # -- strict conformance ----------------------------------------------------------------------
-    def rebind(self, span_path: SpanPath) -> None:
-        """Switch paths (the provider's processors changed); phases already open keep theirs."""
-        if span_path.mode != self.span_path.mode:
-            _logger.debug("memspan: phase spans now use the %s path (%s)", span_path.mode,
-                          span_path.reason)
-        self._bind(span_path)
-
-
-def follows_parent(sampler: Any) -> bool:
-    """Whether ``sampler`` is the SDK's default ``ParentBased(ALWAYS_ON)`` (exact type and
-    delegates), whose decision the hot path can take without the call: a root is sampled, a
-    child does what its parent did. Any other sampler is always called."""
-    if type(sampler) is not ParentBased:
-        return False
-    delegates = (getattr(sampler, "_root", None),
-                 getattr(sampler, "_remote_parent_sampled", None),
-                 getattr(sampler, "_remote_parent_not_sampled", None),
-                 getattr(sampler, "_local_parent_sampled", None),
-                 getattr(sampler, "_local_parent_not_sampled", None))
-    return delegates == (ALWAYS_ON, ALWAYS_ON, ALWAYS_OFF, ALWAYS_ON, ALWAYS_OFF)
-
 
 def _stale(phase: PhaseSpan) -> bool:
     """Ended, or held open by a generator that is not running (suspended or abandoned)."""

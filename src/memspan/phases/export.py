@@ -35,7 +35,7 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from opentelemetry.context import Context
@@ -49,7 +49,7 @@ from memspan.phases.figures import BoundaryReader
 from memspan.phases.histograms import PhaseHistograms, PhaseSample
 from memspan.phases.record import PhaseSpan, StepTrace
 from memspan.phases.span_build import add_exit_attributes, build_span
-from memspan.phases.span_path import SDK, PassiveProcessor, SpanPath
+from memspan.phases.span_path import SDK, PassiveProcessor, SpanPath, SpanPaths
 from memspan.phases.step_sampling import ALL, DROPPED, OVERFLOW, StepSampler
 
 _logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class PhaseExporter:
 
     def __init__(
         self,
-        span_path: Callable[[], SpanPath],
+        span_paths: SpanPaths,
         histograms: PhaseHistograms,
         steps: StepSampler,
         step_counter: Counter,
@@ -78,7 +78,7 @@ class PhaseExporter:
         max_step_phases: int = 65_536,
         max_open_steps: int = 1024,
     ) -> None:
-        self._span_path = span_path
+        self.span_paths = span_paths
         self.histograms = histograms
         self.steps = steps
         self._step_counter = step_counter
@@ -88,8 +88,6 @@ class PhaseExporter:
         self.max_step_phases = max_step_phases
         self.max_open_steps = max_open_steps
         self.listeners: list[PhaseListener] = []
-        #: called by the worker before each drain (the tracker re-checks the span path)
-        self.before_drain: Callable[[], object] | None = None
         self._pending: deque[PhaseSpan] = deque()
         self._wake_at = max(1, max_pending // 4)
         self._drain_lock = threading.RLock()
@@ -148,12 +146,10 @@ class PhaseExporter:
         while not self._stop.is_set():
             self._wake.wait(self.interval_s)
             self._wake.clear()
-            hook = self.before_drain
-            if hook is not None:
-                try:
-                    hook()
-                except Exception:
-                    self.ledger.add(CALLBACK_ERROR)
+            try:
+                self.span_paths.recheck()  # processors added since: new phases follow them
+            except Exception:
+                self.ledger.add(CALLBACK_ERROR)
             self.drain()
 
     def shutdown(self, timeout_s: float = 5.0) -> bool:
@@ -216,7 +212,7 @@ class PhaseExporter:
                 self._deliver_decided(out)
 
     def _deliver(self, batch: Sequence[PhaseSpan]) -> None:
-        path = self._span_path()
+        path = self.span_paths.current
         decided: list[tuple[PhaseSpan, bool]] = []
         keeps_all = self.steps.keeps_all
         if not keeps_all and path.mode == SDK:
@@ -245,7 +241,7 @@ class PhaseExporter:
 
     def _deliver_decided(self, phases: list[PhaseSpan]) -> None:
         self._emit([(p, p.step is None or p.step.decision != DROPPED) for p in phases],
-                   self._span_path())
+                   self.span_paths.current)
 
     def _route(self, phase: PhaseSpan, step: StepTrace,
                decided: list[tuple[PhaseSpan, bool]]) -> None:
@@ -403,14 +399,3 @@ class FlushHook(PassiveProcessor):
         if exporter is not None:
             exporter.drain()
         return True
-
-
-def install_flush_hook(span_processor: Any, hook: FlushHook) -> None:
-    """Put ``hook`` before the provider's other processors (appended where that is impossible)."""
-    lock = getattr(span_processor, "_lock", None)
-    current = getattr(span_processor, "_span_processors", None)
-    if lock is not None and isinstance(current, tuple):
-        with lock:
-            span_processor._span_processors = (hook, *span_processor._span_processors)
-        return
-    span_processor.add_span_processor(hook)

@@ -22,10 +22,11 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import Histogram
+from opentelemetry.metrics import Histogram, Meter
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
-from memspan import names
+from memspan import names, otel_internals
+from memspan.metric_catalogue import MetricRow
 
 _logger = logging.getLogger(__name__)
 
@@ -41,6 +42,19 @@ PhaseSample = tuple[float, "int | None", str, str, "SpanContext | None"]
 
 
 class PhaseHistograms:
+    """``memspan.phase.duration`` and ``memspan.phase.memory.peak``, by phase path."""
+
+    @classmethod
+    def create(cls, meter: Meter, duration: MetricRow, peak: MetricRow) -> PhaseHistograms:
+        """Both histograms on ``meter``, from their catalogue rows, with memspan's buckets."""
+        return cls(
+            meter.create_histogram(duration.name, unit=duration.unit,
+                                   description=duration.description,
+                                   explicit_bucket_boundaries_advisory=SECOND_BUCKETS),
+            meter.create_histogram(peak.name, unit=peak.unit, description=peak.description,
+                                   explicit_bucket_boundaries_advisory=BYTE_BUCKETS),
+        )
+
     def __init__(self, duration: Histogram, peak: Histogram, *, direct: bool = True) -> None:
         self._duration = duration
         self._peak = peak
@@ -112,15 +126,14 @@ class DirectAggregation:
         self._histogram = histogram
         self._series: dict[tuple[Any, ...], list[Any]] = {}
         self._storages: object = None
-        self._usable = hasattr(histogram, "_measurement_consumer")
+        self._usable = otel_internals.has_measurement_consumer(histogram)
 
     def record(self, value: float, attributes: dict[str, Any]) -> None:
         if not self._usable:
             self._histogram.record(value, attributes, context=_EMPTY)
             return
         key = tuple(attributes.items())
-        storages = getattr(self._histogram._measurement_consumer,  # type: ignore[attr-defined]
-                           "_reader_storages", None)
+        storages = otel_internals.histogram_reader_storages(self._histogram)
         if storages is not self._storages:  # readers added or removed: find them again
             self._storages = storages
             self._series.clear()
@@ -140,21 +153,8 @@ class DirectAggregation:
     def _find(self, attributes: dict[str, Any]) -> list[Any] | None:
         """Every reader's aggregation of this series, or None where any is not provable."""
         try:
-            found = []
-            for storage in dict(self._storages).values():  # type: ignore[call-overload]
-                for match in storage._instrument_view_instrument_matches[self._histogram]:
-                    if match._reset_on_collect or match._view._attribute_keys is not None:
-                        return None
-                    table = match._attributes_aggregation
-                    aggregation = None
-                    for key in _series_keys(attributes):
-                        aggregation = table.get(key)
-                        if aggregation is not None:
-                            break
-                    if aggregation is None or not hasattr(aggregation, "aggregate"):
-                        return None
-                    found.append(aggregation)
-            return found or None
+            return otel_internals.series_aggregations(self._storages, self._histogram,
+                                                      _series_keys(attributes))
         except Exception:  # an SDK whose internals differ: record() for this series
             _logger.debug("memspan: direct histogram aggregation unavailable", exc_info=True)
             self._usable = False
@@ -178,15 +178,7 @@ class _Recorded:
 def _series_keys(attributes: dict[str, Any]) -> list[Any]:
     """The aggregation keys SDK releases use for an attribute set (newest first)."""
     keys: list[Any] = []
-    if _hash_attributes is not None:
-        keys.append(_hash_attributes(attributes))
+    if otel_internals.hash_attributes is not None:
+        keys.append(otel_internals.hash_attributes(attributes))
     keys.append(frozenset(attributes.items()))
     return keys
-
-
-try:  # SDK internals, used only as DirectAggregation describes
-    from opentelemetry.sdk.metrics._internal._view_instrument_match import (
-        _hash_attributes,
-    )
-except ImportError:  # older SDKs key aggregations by frozenset
-    _hash_attributes = None  # type: ignore[assignment]

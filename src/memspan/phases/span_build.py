@@ -21,7 +21,7 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from memspan import names
+from memspan import names, otel_internals
 from memspan.phases.figures import BoundaryReader
 from memspan.phases.record import PhaseSpan
 from memspan.phases.span_path import SpanPath
@@ -113,7 +113,7 @@ def build_span(phase: PhaseSpan, path: SpanPath, keep: bool) -> ReadableSpan:
         status=phase.status if phase.status is not None else _UNSET,
         start_time=phase.start_ns,
         end_time=phase.end_ns,
-        instrumentation_scope=tracer._instrumentation_scope,
+        instrumentation_scope=otel_internals.instrumentation_scope(tracer),
     )
 
 

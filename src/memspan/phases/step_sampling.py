@@ -26,8 +26,12 @@ new peaks, so they are kept, never lost).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from memspan.phases.record import PhaseSpan, StepTrace
+
+if TYPE_CHECKING:
+    from memspan.config import MemspanConfig
 
 ERROR = "error"
 OOM = "oom"
@@ -49,6 +53,13 @@ class StepSamplingConfig:
     keep_first: int = 10
     retained_bytes: int = 64 << 20
     peak_increase_bytes: int = 1 << 20
+
+    @classmethod
+    def from_config(cls, config: MemspanConfig) -> StepSamplingConfig:
+        """The ``MEMSPAN_STEP_*`` settings of a session."""
+        return cls(keep_every=config.step_keep_every, keep_first=config.step_keep_first,
+                   retained_bytes=int(config.step_keep_retained_mb * (1 << 20)),
+                   peak_increase_bytes=int(config.step_peak_increase_mb * (1 << 20)))
 
     def __post_init__(self) -> None:
         if self.keep_every < 1:

@@ -35,6 +35,7 @@ from memspan.analysis.verdicts import (
     verdict_for,
 )
 from memspan.export.embedded import METRICS_FILE, TRACES_FILE
+from memspan.names import REPORT_SUFFIX
 from memspan.report.bundles import attach_bundles
 from memspan.report.html import PageMeta, as_json, render
 from memspan.report.lines import InputError, LineReader, describe_skips
@@ -43,7 +44,7 @@ from memspan.report.reader import ALL, Collector, SessionSummary, parts
 from memspan.safe_files import replace_file
 from memspan.version import __version__
 
-DEFAULT_SUFFIX = "memory_audit"
+DEFAULT_SUFFIX = REPORT_SUFFIX
 DEFAULT_REPORTS_DIR = ".memory_audits"
 
 
