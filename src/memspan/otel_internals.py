@@ -190,19 +190,22 @@ def series_aggregations(storages: object, histogram: object, keys: list[Any]) ->
     where it is not provably what ``record`` would update: a view that filters attributes,
     delta storage (``_reset_on_collect``), an unknown shape. None: ``record`` is used."""
     found = []
-    for storage in dict(storages).values():  # type: ignore[call-overload]
-        for match in storage._instrument_view_instrument_matches[histogram]:
-            if match._reset_on_collect or match._view._attribute_keys is not None:
-                return None
-            table = match._attributes_aggregation
-            aggregation = None
-            for key in keys:
-                aggregation = table.get(key)
-                if aggregation is not None:
-                    break
-            if aggregation is None or not hasattr(aggregation, "aggregate"):
-                return None
-            found.append(aggregation)
+    try:
+        for storage in dict(storages).values():  # type: ignore[call-overload]
+            for match in storage._instrument_view_instrument_matches[histogram]:
+                if match._reset_on_collect or match._view._attribute_keys is not None:
+                    return None
+                table = match._attributes_aggregation
+                aggregation = None
+                for key in keys:
+                    aggregation = table.get(key)
+                    if aggregation is not None:
+                        break
+                if aggregation is None or not hasattr(aggregation, "aggregate"):
+                    return None
+                found.append(aggregation)
+    except (AttributeError, KeyError, TypeError):  # an SDK whose internals differ (1.44)
+        return None
     return found or None
 
 
@@ -263,8 +266,10 @@ def reset_context(token: Token[Context]) -> None:
 
 
 def internals_report() -> dict[str, bool]:
-    """Which private accesses the installed SDK supports, by accessor (for the SDK-range
-    test): every value is True on a supported SDK."""
+    """Which private accesses reach what they look for on the installed SDK, by accessor
+    (for the SDK-range test). False means the accessor returned its fallback: on the
+    newest SDK every value is True; on the oldest, ``series_aggregations`` falls back (1.44
+    has no ``_reset_on_collect``, so phase histograms use the public ``record``)."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -275,8 +280,15 @@ def internals_report() -> dict[str, bool]:
     batch = BatchSpanProcessor(exporter)
     provider.add_span_processor(batch)
     tracer = provider.get_tracer("memspan-probe")
-    meters = MeterProvider()
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
     histogram = meters.get_meter("memspan-probe").create_histogram("probe")
+    series = {"memspan.phase.path": "probe"}
+    histogram.record(1.0, series)
+    keys = [frozenset(series.items())]
+    if hash_attributes is not None:
+        keys.insert(0, hash_attributes(series))
     multi = provider_span_processor(provider)
     report = {
         "missing_tracer_attributes": missing_tracer_attributes(tracer) == [],
@@ -290,10 +302,11 @@ def internals_report() -> dict[str, bool]:
         "batch_queue": batch_queue(batch) is not None,
         "span_exporter_of": span_exporter_of(batch) is exporter,
         "parent_based_delegates": parent_based_delegates(tracer.sampler) is not None,  # type: ignore[attr-defined]
-        "metric_readers": metric_readers(meters) == (),
+        "metric_readers": metric_readers(meters) is not None,
         "has_measurement_consumer": has_measurement_consumer(histogram),
         "histogram_reader_storages": histogram_reader_storages(histogram) is not None,
-        "hash_attributes": hash_attributes is not None,
+        "series_aggregations": series_aggregations(histogram_reader_storages(histogram),
+                                                   histogram, keys) is not None,
         "has_sdk_exit_handler": has_sdk_exit_handler(TracerProvider(shutdown_on_exit=True)),
         "context_variable": _CURRENT_CONTEXT is not None,
         "proxy_meter_provider": is_proxy_meter_provider(_proxy_meter_provider()),

@@ -108,8 +108,11 @@ def histograms_match() -> bool:
 
 
 def main() -> None:
+    from memspan.otel_internals import internals_report
+
     results: dict[str, Any] = {"api": api_version, "python": sys.version.split()[0],
-                               "histograms_match": histograms_match()}
+                               "histograms_match": histograms_match(),
+                               "internals": internals_report()}
     for label, with_start, broken in (("plain", False, False), ("on_start", True, False),
                                       ("missing_internals", False, True)):
         exporter = InMemorySpanExporter()
