@@ -13,8 +13,11 @@ measured in alternating rounds. Per round and variant:
 Rows: a bare span; memspan.phase on a host-only tracker (the default ``deferred`` span path);
 the same with torch imported (CPU build, no CUDA); the ``sdk`` path (ordinary SDK spans, the
 fallback); Stormlog 0.4.3's CPU phase when the ``bench`` extra is installed.
-Targets (issue: phase core v2): caller's thread <= 1.0x a bare span (host), <= 1.2x with
-torch; total CPU <= 1.6x; >= 2.5x faster than Stormlog on the caller's thread.
+The ``sync`` rows put a synchronous ``SimpleSpanProcessor`` in front of both memspan and the
+bare span (memspan hands each span to it at the phase's exit, as the specification requires).
+Targets: caller's thread <= 1.0x a bare span (host), <= 1.2x with torch; total CPU <= 1.6x
+(deferred) and <= 1.3x (sync, against a bare span on the same processor); >= 2.5x faster than
+Stormlog on the caller's thread.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ from _table import Row, report
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 
 import memspan
 from memspan.sources import HostMemorySource
@@ -41,10 +49,13 @@ class NullExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def provider() -> TracerProvider:
+def provider(simple: bool = False) -> TracerProvider:
+    """A provider exporting to nowhere: through a batch processor, or (``simple``) through a
+    synchronous ``SimpleSpanProcessor`` (memspan then takes its conformant ``sync`` path)."""
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(NullExporter(), max_queue_size=1 << 16,
-                                                          max_export_batch_size=2048))
+    tracer_provider.add_span_processor(
+        SimpleSpanProcessor(NullExporter()) if simple else
+        BatchSpanProcessor(NullExporter(), max_queue_size=1 << 16, max_export_batch_size=2048))
     return tracer_provider
 
 
@@ -69,8 +80,8 @@ class Variant:
         self.total.append((process_end - process_start) / calls * 1e6)
 
 
-def bare_variant() -> Variant:
-    tracer_provider = provider()
+def bare_variant(simple: bool = False) -> Variant:
+    tracer_provider = provider(simple)
     tracer = tracer_provider.get_tracer("bench")
 
     def loop(n: int) -> None:
@@ -81,8 +92,9 @@ def bare_variant() -> Variant:
     return Variant(loop, tracer_provider.force_flush)
 
 
-def memspan_variant(**tracker_kwargs: Any) -> tuple[Variant, memspan.Tracker]:
-    tracer_provider = provider()
+def memspan_variant(simple: bool = False, **tracker_kwargs: Any
+                    ) -> tuple[Variant, memspan.Tracker]:
+    tracer_provider = provider(simple)
     tracker = memspan.Tracker(tracer_provider=tracer_provider,
                               meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
                               **tracker_kwargs)
@@ -93,7 +105,11 @@ def memspan_variant(**tracker_kwargs: Any) -> tuple[Variant, memspan.Tracker]:
             with phase("phase"):
                 pass
 
-    return Variant(loop, tracer_provider.force_flush), tracker
+    def settle() -> None:  # histograms, ring and leak watch run on the export worker
+        tracker.flush()
+        tracer_provider.force_flush()
+
+    return Variant(loop, settle), tracker
 
 
 def stormlog_variant() -> Variant | None:
@@ -115,8 +131,11 @@ def stormlog_variant() -> Variant | None:
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 9
-    variants: dict[str, Variant] = {"bare": bare_variant()}
+    variants: dict[str, Variant] = {"bare": bare_variant(), "bare_simple": bare_variant(True)}
     trackers = []
+    variants["sync"], tracker = memspan_variant(True, sources=[HostMemorySource()])
+    assert tracker.span_path.mode == "sync", tracker.span_path.reason
+    trackers.append(tracker)
     variants["host"], tracker = memspan_variant(sources=[HostMemorySource()])
     trackers.append(tracker)
     variants["sdk"], tracker = memspan_variant(sources=[HostMemorySource()],
@@ -150,6 +169,13 @@ def main() -> None:
             "<= 1.2x bare", caller["torch"] / base_caller, caller["torch"] / base_caller <= 1.2),
         Row("memspan.phase, torch loaded: total CPU", total["torch"], "us", "",
             total["torch"] / base_total),
+        Row("bare SDK span, SimpleSpanProcessor: total CPU", total["bare_simple"], "us", "",
+            1.0),
+        Row("memspan.phase, SimpleSpanProcessor (sync path): caller's thread", caller["sync"],
+            "us", "", caller["sync"] / caller["bare_simple"]),
+        Row("memspan.phase, SimpleSpanProcessor (sync path): total CPU", total["sync"], "us",
+            "<= 1.3x bare", total["sync"] / total["bare_simple"],
+            total["sync"] / total["bare_simple"] <= 1.3),
         Row("memspan.phase, sdk path (fallback): caller's thread", caller["sdk"], "us", "",
             caller["sdk"] / base_caller),
         Row("memspan.phase, sdk path (fallback): total CPU", total["sdk"], "us", "",

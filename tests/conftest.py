@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from memspan import Tracker
@@ -27,9 +27,15 @@ class Telemetry:
     spans: InMemorySpanExporter
     reader: InMemoryMetricReader
     tracer_provider: TracerProvider
+    #: spans reach the exporter through a BatchSpanProcessor (the deferred path)
+    batched: bool = False
 
     def finished(self) -> list[ReadableSpan]:
-        self.tracker.flush()  # phase spans are built off the caller's thread, in batches
+        """The spans the exporter holds now. No flush: with a synchronous processor every
+        phase span is there when the phase exits; behind a batch processor, the provider's
+        ``force_flush()`` delivers them, as for any span."""
+        if self.batched:
+            self.tracer_provider.force_flush()
         return list(self.spans.get_finished_spans())
 
     def span(self, name: str) -> ReadableSpan:
@@ -50,17 +56,18 @@ class Telemetry:
         return out
 
 
-def make_telemetry(**tracker_kwargs: Any) -> Telemetry:
+def make_telemetry(*, batched: bool = False, **tracker_kwargs: Any) -> Telemetry:
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer_provider.add_span_processor(BatchSpanProcessor(exporter) if batched
+                                       else SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
     tracker_kwargs.setdefault("start_sampler", False)
     tracker_kwargs.setdefault("sources", [HostMemorySource()])
     tracker = Tracker(tracer_provider=tracer_provider, meter_provider=meter_provider,
                       **tracker_kwargs)
-    return Telemetry(tracker, exporter, reader, tracer_provider)
+    return Telemetry(tracker, exporter, reader, tracer_provider, batched)
 
 
 @pytest.fixture(autouse=True)
@@ -83,15 +90,18 @@ def telemetry() -> Iterator[Telemetry]:
     t.tracker.shutdown()
 
 
-@pytest.fixture(params=["deferred", "sdk"])
+@pytest.fixture(params=["deferred", "sync", "sdk"])
 def telemetry_on_both_span_paths(request: pytest.FixtureRequest) -> Iterator[Telemetry]:
-    """A telemetry fixture for modules whose tests must hold on both span paths: spans built
-    off the caller's thread, and ordinary SDK spans (the fallback). A module opts in by
+    """A telemetry fixture for modules whose tests must hold on every span path: spans built
+    off the caller's thread (behind a batch processor), spans built at the phase's exit (a
+    synchronous processor), and ordinary SDK spans (the fallback). A module opts in by
     defining its ``telemetry`` fixture as this one."""
     from memspan import MemspanConfig
 
-    t = make_telemetry(config=MemspanConfig(span_mode=request.param))
-    assert t.tracker.span_path.mode == request.param
+    requested = "deferred" if request.param == "sync" else request.param
+    t = make_telemetry(config=MemspanConfig(span_mode=requested),
+                       batched=request.param == "deferred")
+    assert t.tracker.span_path.mode == request.param, t.tracker.span_path.reason
     yield t
     t.tracker.shutdown()
 

@@ -1,4 +1,10 @@
-"""Running ``memspan run`` as a real subprocess and reading what it exported."""
+"""Child processes for the tests, each in a clean environment, and reading what they exported.
+
+A test that starts a Python child (``python -c``, ``memspan run``, ``opentelemetry-instrument``)
+goes through :func:`run_clean`: the child sees none of the parent's ``OTEL_``/``MEMSPAN_``
+(nor report-naming) variables, only what the test passes, so a developer's shell cannot steer
+the result.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,55 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+#: variables that steer memspan, OpenTelemetry or the report's naming; a child gets none of
+#: the parent's
+CLEARED_PREFIXES = ("OTEL_", "MEMSPAN_", "RAMFLOW_", "APP_ENV")
+#: ``opentelemetry-instrument`` of the interpreter running the tests (the same venv)
+INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
+
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    """This process's environment without :data:`CLEARED_PREFIXES` variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CLEARED_PREFIXES)}
     env.update(extra)
     return env
 
 
-def memspan_run(cwd: Path, *args: str, env: dict[str, str] | None = None,
+def run_clean(argv: Sequence[str], cwd: Path | str | None = None, *,
+              env: Mapping[str, str] | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion, text output captured; ``env``: the whole environment
+    (default :func:`clean_env`); the status is the caller's to check."""
+    return subprocess.run(list(argv), cwd=cwd, env=dict(clean_env() if env is None else env),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_python(code: str, cwd: Path | str | None = None, *args: str,
+               env: Mapping[str, str] | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE ARGS...`` (``CODE`` dedented) through :func:`run_clean`."""
+    return run_clean([sys.executable, "-c", textwrap.dedent(code), *args], cwd, env=env,
+                     timeout=timeout)
+
+
+def run_instrumented(script: Path, cwd: Path | str | None = None, *,
+                     env: Mapping[str, str] | None = None,
+                     timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``opentelemetry-instrument python SCRIPT`` through :func:`run_clean`."""
+    return run_clean([str(INSTRUMENT), sys.executable, str(script)], cwd, env=env,
+                     timeout=timeout)
+
+
+def memspan_run(cwd: Path, *args: str, env: Mapping[str, str] | None = None,
                 timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "memspan", "run", *args], cwd=cwd,
-                          env=env or clean_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    """``python -m memspan run ARGS...`` through :func:`run_clean`."""
+    return run_clean([sys.executable, "-m", "memspan", "run", *args], cwd, env=env,
+                     timeout=timeout)
 
 
 def run_spans(out_dir: Path) -> list[dict[str, Any]]:

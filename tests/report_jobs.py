@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
+
+from launcher_helpers import clean_env, run_clean
+from launcher_helpers import run_python as run_clean_python
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OTEL_", "MEMSPAN_", "RAMFLOW_", "APP_ENV"))}
-    env.update(extra)
-    return env
-
-
 def run_python(code: str, cwd: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
-                          env=clean_env(**env), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return run_clean_python(code, cwd, env=clean_env(**env), timeout=timeout)
 
 
 def memspan_cli(*args: str, cwd: Path | None = None, timeout: float = 180,
                 **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "memspan", *args], cwd=cwd,
-                          env=clean_env(**env), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return run_clean([sys.executable, "-m", "memspan", *args], cwd, env=clean_env(**env),
+                     timeout=timeout)
 
 
 def run_example(script: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
-    result = subprocess.run([sys.executable, str(EXAMPLES / script)], cwd=cwd, env=clean_env(),
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = run_clean([sys.executable, str(EXAMPLES / script)], cwd, timeout=300)
     assert result.returncode == 0, result.stderr
     (sidecar,) = (cwd / ".memory_audits").glob("*.json")
     return result, json.loads(sidecar.read_text())

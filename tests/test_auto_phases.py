@@ -145,3 +145,43 @@ def test_auto_phases_never_double_annotated_code(telemetry: Telemetry) -> None:
     for span in spans:  # every parent is an exported span (no orphans from replaced phases)
         if span.parent is not None:
             assert span.parent.span_id in by_id, span.name
+
+
+def test_suppress_instrumentation_suppresses_auto_phases_but_not_the_users(
+        telemetry: Telemetry) -> None:
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    auto = TorchAutoPhases(lambda: telemetry.tracker)
+    auto.install()
+    try:
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = DataLoader(TensorDataset(torch.randn(8, 8), torch.randint(0, 3, (8,))),
+                            batch_size=4)
+        with suppress_instrumentation(), telemetry.tracker.phase("epoch"):
+            train_once(model, optimizer, loader)
+        suppressed = [s.name for s in telemetry.finished()]
+        train_once(model, optimizer, loader)  # and back on once the block is left
+    finally:
+        auto.uninstall()
+    assert suppressed == ["epoch"]
+    assert {"step", "forward", "backward", "optimizer.step"} <= {
+        s.name for s in telemetry.finished()}
+
+
+def test_otel_sdk_disabled_makes_phases_pass_through_and_writes_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from launcher_helpers import clean_env, run_python
+
+    result = run_python("""
+        import memspan
+        memspan.configure(output_dir="out", dump_dir="dumps")
+        with memspan.phase("train"), memspan.phase("step", step=1):
+            value = 41 + 1
+        memspan.shutdown()
+        print("ran", value)
+    """, tmp_path, env=clean_env(OTEL_SDK_DISABLED="true"))
+    assert result.returncode == 0, result.stderr
+    assert "ran 42" in result.stdout
+    written = {p.name: p.stat().st_size for p in (tmp_path / "out").glob("*")}
+    assert all(size == 0 for size in written.values()), written
+    assert not (tmp_path / "dumps").exists() or not any((tmp_path / "dumps").rglob("*.json"))

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 import textwrap
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from launcher_helpers import clean_env, run_python
 
 WORKLOAD = textwrap.dedent(
     """
@@ -32,10 +32,7 @@ WORKLOAD = textwrap.dedent(
 
 
 def run(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    clean.update(env)
-    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=clean, text=True,
-                          capture_output=True, timeout=120, check=False)
+    return run_python(script, cwd, env=clean_env(**env))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -207,9 +204,7 @@ def test_shutdown_flushes_global_providers_it_did_not_install_and_leaves_them_ru
         provider.force_flush()
         print("provider alive:", "still-running" in [s.name for s in exporter.get_finished_spans()])
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
-                            capture_output=True, timeout=120, check=False)
+    result = run_python(script, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "after shutdown: ['work']" in result.stdout
     assert "provider alive: True" in result.stdout

@@ -3,6 +3,8 @@ the leak watcher's paths, and the rank variables' validation."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from conftest import Telemetry
@@ -16,7 +18,8 @@ from memspan.resource import MemspanResourceDetector, rank_identity, rank_identi
 
 
 def test_a_full_phase_buffer_drops_new_phases_and_counts_them(
-        telemetry: Telemetry, caplog: pytest.LogCaptureFixture) -> None:
+        telemetry_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    telemetry = telemetry_factory(batched=True)  # spans wait in the buffer: the deferred path
     tracker = telemetry.tracker
     exporter = tracker.exporter
     exporter._stop.set()  # a stalled worker: the buffer fills as the caller's thread appends
@@ -34,6 +37,22 @@ def test_a_full_phase_buffer_drops_new_phases_and_counts_them(
     with tracker.phase("after"):  # room again once drained
         pass
     assert [s.name for s in telemetry.finished()][-1] == "after"
+
+
+def test_a_full_phase_buffer_never_costs_a_synchronous_processor_its_span(
+        telemetry: Telemetry) -> None:
+    tracker = telemetry.tracker
+    exporter = tracker.exporter
+    exporter._stop.set()  # a stalled worker: only histograms and listeners wait for it
+    exporter._wake.set()
+    assert exporter._thread is not None
+    exporter._thread.join(5)
+    exporter.max_pending = 3
+    for index in range(5):
+        with tracker.phase(f"p{index}"):
+            pass
+    assert tracker.ledger.count(PHASE_BUFFER_FULL) == 2  # their histogram records are lost
+    assert [s.name for s in telemetry.finished()] == [f"p{i}" for i in range(5)]
     assert tracker.ledger.count(PHASE_BUFFER_FULL) == 2
 
 
@@ -52,7 +71,7 @@ def _run_step(telemetry: Telemetry, children: int) -> None:
 def test_a_full_step_buffer_decides_the_oldest_step_as_kept_never_lost(
         telemetry_factory) -> None:  # type: ignore[no-untyped-def]
     sampled = MemspanConfig(step_keep_every=10)  # steps wait for their decision
-    bounded = telemetry_factory(config=sampled)
+    bounded = telemetry_factory(config=sampled, batched=True)
     bounded.tracker.exporter.max_step_phases = 3
     _run_step(bounded, children=5)
     spans = {s.name: s for s in bounded.finished()}
@@ -60,7 +79,7 @@ def test_a_full_step_buffer_decides_the_oldest_step_as_kept_never_lost(
     assert bounded.tracker.ledger.count(STEP_BUFFER_FULL) == 1
     assert (spans["step"].attributes or {})[names.STEP_KEEP_REASON] == OVERFLOW
     # the same step under the default bound waits whole for its decision
-    unbounded = telemetry_factory(config=sampled)
+    unbounded = telemetry_factory(config=sampled, batched=True)
     _run_step(unbounded, children=5)
     root = next(s for s in unbounded.finished() if s.name == "step")
     assert unbounded.tracker.ledger.count(STEP_BUFFER_FULL) == 0

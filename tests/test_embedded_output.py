@@ -11,7 +11,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.json.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 
+from launcher_helpers import clean_env, run_instrumented, run_python
 from memspan import names
 from memspan.drops import OUTPUT_ROTATED, OUTPUT_SPAN_OVERSIZED, DropLedger
 from memspan.export.bounded_file import BoundedLineFile
@@ -29,10 +29,7 @@ from memspan.export.embedded import SpanLinesExporter
 
 
 def run(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    clean.update(env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, env=clean,
-                          text=True, capture_output=True, timeout=120, check=False)
+    return run_python(script, cwd, env=clean_env(**env))
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -151,12 +148,8 @@ def test_start_up_line_names_the_otlp_endpoint(tmp_path: Path) -> None:
 def test_instrumented_without_an_exporter_says_nothing_is_sent(tmp_path: Path) -> None:
     script = tmp_path / "job.py"
     script.write_text("import memspan\nwith memspan.phase('p'):\n    pass\nprint('ran')\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none",
-               OTEL_LOGS_EXPORTER="none")
-    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
-    result = subprocess.run([str(instrument), sys.executable, str(script)], cwd=tmp_path, env=env,
-                            text=True, capture_output=True, timeout=120, check=False)
+    result = run_instrumented(script, tmp_path, env=clean_env(
+        OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none"))
     assert result.returncode == 0, result.stderr
     assert "ran" in result.stdout
     assert "memspan: telemetry goes NOWHERE: the installed OpenTelemetry providers have no " \
@@ -248,12 +241,9 @@ def test_spawned_workers_do_not_repeat_the_start_up_line(tmp_path: Path) -> None
             with multiprocessing.get_context("spawn").Pool(2) as pool:
                 print(sum(pool.map(square, range(4))))
     """))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    env.update(OTEL_TRACES_EXPORTER="memspan_file", OTEL_METRICS_EXPORTER="memspan_file",
-               OTEL_LOGS_EXPORTER="none")
-    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
-    result = subprocess.run([str(instrument), sys.executable, str(script)], cwd=tmp_path, env=env,
-                            text=True, capture_output=True, timeout=120, check=False)
+    result = run_instrumented(script, tmp_path, env=clean_env(
+        OTEL_TRACES_EXPORTER="memspan_file", OTEL_METRICS_EXPORTER="memspan_file",
+        OTEL_LOGS_EXPORTER="none"))
     assert result.returncode == 0, result.stderr
     assert "14" in result.stdout
     assert result.stderr.count("memspan: telemetry -> ") == 1, result.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import sys
 import textwrap
 
@@ -18,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from torch import nn
 
 import memspan
+from launcher_helpers import clean_env, run_python
 from memspan import MemspanConfig, bootstrap, names
 from memspan.drops import PROCESS_LEDGER
 from memspan.instrumentor import MemspanInstrumentor
@@ -145,9 +144,6 @@ def test_uninstrument_leaves_adopted_global_providers_running() -> None:
             pass
         print([s.name for s in exporter.get_finished_spans()])
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    env["MEMSPAN_QUIET"] = "true"
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=120, check=False)
+    result = run_python(script, env=clean_env(MEMSPAN_QUIET="true"))
     assert result.returncode == 0, result.stderr
     assert "['still-exported']" in result.stdout

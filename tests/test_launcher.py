@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from launcher_helpers import memspan_run, run_spans
 from memspan.launcher import classify_process_exit, parse_memory_size
 from memspan.oom.retention import list_bundles
 
@@ -109,21 +109,6 @@ def fake_cgroup(root: Path) -> Path:
     return cgroup / "job/memory.events"
 
 
-def memspan_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    return subprocess.run([sys.executable, "-m", "memspan", "run", *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=180, check=False)
-
-
-def run_spans(tmp_path: Path) -> list[dict[str, object]]:
-    spans = []
-    for line in (tmp_path / "memspan-out/traces.jsonl").read_text().splitlines():
-        for rs in json.loads(line)["resourceSpans"]:
-            for ss in rs["scopeSpans"]:
-                spans.extend(ss["spans"])
-    return [s for s in spans if s["name"] == "memspan.run"]
-
-
 @pytest.mark.parametrize("confirmed", [True, False], ids=["cgroup-rose", "no-cgroup-evidence"])
 def test_run_sigkilled_child(tmp_path: Path, confirmed: bool) -> None:
     (tmp_path / "child.py").write_text(CHILD)
@@ -142,7 +127,7 @@ def test_run_sigkilled_child(tmp_path: Path, confirmed: bool) -> None:
     metadata = json.loads(Path(bundle.path, "metadata.json").read_text())
     assert "about to die" in metadata["output_tail"]["stdout"]  # the output excerpt
     assert metadata["evidence"]
-    (span,) = run_spans(tmp_path)
+    (span,) = run_spans(tmp_path / "memspan-out")
     events = {e["name"]: e for e in span["events"]}  # type: ignore[index]
     event = events["memspan.oom"]
     attrs = {a["key"]: next(iter(a["value"].values())) for a in event["attributes"]}

@@ -26,10 +26,10 @@ FLOORS = [
     ["phases"],
     ["sampling"],
     ["sources", "resource"],
-    ["metric_catalogue", "config"],
+    ["metric_catalogue", "config", "reentry"],
     ["environment_variables", "drops", "otel_internals", "fork_safety", "safe_files", "version",
      "package"],
-    ["names"],
+    ["names", "otel_names"],
 ]
 
 #: the rooms of the phases package, from the top floor down (scope -> core -> record ->

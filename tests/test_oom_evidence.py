@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 
 from conftest import Telemetry
 from fakes import FakeCudaApi
+from launcher_helpers import run_python
 from memspan import MemspanConfig, names
 from memspan.oom.observer import AllocatorObserver
 from memspan.oom.retention import list_bundles
@@ -38,9 +37,7 @@ FRAGMENTED = ("CUDA out of memory. Tried to allocate 224.00 MiB. GPU 0 has a tot
 
 
 def run_script(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_python(script, cwd)
 
 
 @pytest.fixture

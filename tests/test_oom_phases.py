@@ -17,6 +17,7 @@ from opentelemetry.trace import StatusCode
 
 from conftest import Telemetry
 from fakes import FakeCudaApi
+from launcher_helpers import clean_env, run_python
 from memspan import MemspanConfig, names
 from memspan.oom.observer import AllocatorObserver
 from memspan.oom.retention import list_bundles
@@ -197,10 +198,7 @@ def test_breadcrumbs_follow_phases_and_vanish_on_clean_shutdown(
 
 
 def run_script(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    clean.update(env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, env=clean,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_python(script, cwd, env=clean_env(**env))
 
 
 def test_real_memory_error_under_rlimit_as_is_a_host_oom(tmp_path: Path) -> None:

@@ -224,7 +224,8 @@ def test_breaking_out_of_a_decorated_async_generator_is_a_normal_end(telemetry: 
 def test_a_step_kept_for_an_error_still_records_its_peak(telemetry_factory: Any) -> None:
     from memspan import MemspanConfig
 
-    t = telemetry_factory(config=MemspanConfig(step_keep_every=1000, step_keep_first=0))
+    t = telemetry_factory(config=MemspanConfig(step_keep_every=1000, step_keep_first=0),
+                          batched=True)
     reasons = []
     for step in range(4):
         try:

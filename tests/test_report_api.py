@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+from launcher_helpers import clean_env, run_python
 
 SCRIPT = textwrap.dedent("""
     import json, sys, memspan
@@ -31,11 +30,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_reports_of_the_running_session_land_where_configured(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    env["APP_ENV"] = "production"
-    env["MEMSPAN_QUIET"] = "true"
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env, text=True,
-                            capture_output=True, timeout=180, check=False)
+    result = run_python(SCRIPT, tmp_path, env=clean_env(APP_ENV="production", MEMSPAN_QUIET="true"),
+                        timeout=180)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     first, second = Path(out["first"]), Path(out["second"])

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from memspan.report import InputError, build_report
+from memspan.report.builder import ReportResult
+from memspan.report.lines import NOT_OBJECT, UNPARSABLE, WRONG_SHAPE, LineReader
+from memspan.report.reader import Collector
 
 json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
@@ -93,7 +98,9 @@ def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-def _run(traces: list[str], metrics: list[str], manifest: str | None) -> None:
+def _run(traces: list[str], metrics: list[str], manifest: str | None) -> ReportResult | InputError:
+    """Build a report from these lines; the report, or the InputError it raised."""
+    outcome: ReportResult | InputError
     root = Path(tempfile.mkdtemp(prefix="memspan-fuzz-"))
     try:
         source = root / "in"
@@ -112,9 +119,10 @@ def _run(traces: list[str], metrics: list[str], manifest: str | None) -> None:
         before = _tree(root)
         tracemalloc.start()
         try:
-            build_report(str(source), dump_dir=str(dumps), out_dir=str(root / "out"))
+            outcome = build_report(str(source), dump_dir=str(dumps), out_dir=str(root / "out"))
         except InputError as error:
             assert str(error)  # one clear line
+            outcome = error
         finally:
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
@@ -123,6 +131,41 @@ def _run(traces: list[str], metrics: list[str], manifest: str | None) -> None:
         assert written == set(), written
     finally:
         shutil.rmtree(root)
+    return outcome
+
+
+def _expected_skips(data: bytes) -> Counter[str] | None:
+    """What the reader must skip, by reason, for ``data`` as the traces file (one line each
+    newline-separated part); ``None`` if a part is a record the reader would use."""
+    expected: Counter[str] = Counter()
+    for part in (data + b"\n").split(b"\n")[:-1]:
+        if not part.strip():
+            continue  # a blank line is not a record
+        try:
+            record = json.loads(part)
+        except (ValueError, RecursionError):
+            expected[UNPARSABLE] += 1
+            continue
+        if not isinstance(record, dict):
+            expected[NOT_OBJECT] += 1
+        elif not isinstance(record.get("resourceSpans"), list):
+            expected[WRONG_SHAPE] += 1
+        else:
+            return None
+    return expected
+
+
+def _reported_skips(message: str) -> Counter[str]:
+    """The counts in describe_skips' ``N records skipped (a reason, b reason)``."""
+    found = re.search(r"(\d+) records? skipped \(([^()]*)\)", message)
+    if found is None:
+        return Counter()
+    counts: Counter[str] = Counter()
+    for part in found.group(2).split(", "):
+        count, reason = part.split(" ", 1)
+        counts[reason] = int(count)
+    assert sum(counts.values()) == int(found.group(1)), message
+    return counts
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -137,7 +180,21 @@ def test_the_reader_never_raises_anything_but_input_error(traces: list[str], met
 @settings(max_examples=40, deadline=None)
 @given(data=st.binary(max_size=2000))
 def test_random_bytes_are_skipped_and_counted(data: bytes) -> None:
-    _run([data.decode("latin-1")], [], None)
+    expected = _expected_skips(data)
+    assume(expected is not None)  # random bytes that happen to be a traces record
+    assert expected is not None
+    outcome = _run([data.decode("latin-1")], [], None)
+    # nothing in random bytes is a span: the report refuses, naming every line it skipped
+    assert isinstance(outcome, InputError), outcome
+    assert _reported_skips(str(outcome)) == expected, (str(outcome), expected)
+    # and the reader itself counted exactly those lines, by reason
+    with tempfile.TemporaryDirectory() as root:
+        traces = Path(root, "traces.jsonl")
+        traces.write_bytes(data + b"\n")
+        collector = Collector(reader=LineReader())
+        collector.read_traces(str(traces))
+        assert collector.reader.skipped == expected
+        assert collector.reader.lines == sum(expected.values())
 
 
 def test_the_fuzz_harness_sees_a_real_report() -> None:

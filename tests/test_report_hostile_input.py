@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from launcher_helpers import clean_env
 from memspan.report import InputError, build_report
 from memspan.report.lines import LineReader
-from report_jobs import clean_env, memspan_cli
+from report_jobs import memspan_cli
 
 
 def attr(key: str, value: object) -> dict[str, object]:

@@ -210,13 +210,18 @@ def test_nvml_reads_processes_at_a_lower_cadence() -> None:
     assert lib.calls.count("processes") == 2 * 3
 
 
-def test_nvml_maps_devices_by_uuid_or_pci_bus_id() -> None:
+def test_nvml_identifies_devices_by_uuid_and_pci_bus_id() -> None:
+    # a torch device meets its NVML device by hw.id (UUID), else by PCI bus id, never by index
     with installed(FakeNvmlLib(GPUS)):
         source = NvmlSource(pynvml)
-        found = source.find_device(hw_id="GPU-bbbb-2222")
-        by_pci = source.find_device(pci_bus_id="0000:3b:00.0".upper().replace("0000:", "00000000:"))
-    assert found is not None and found.name == "NVIDIA A100-SXM4-40GB"
-    assert by_pci is not None and by_pci.hw_id == "GPU-bbbb-2222"
+        devices = list(source.devices())
+        readings = source.sample()
+    by_uuid = {d.hw_id: d for d in devices}
+    by_pci = {d.pci_bus_id.upper().lstrip("0"): d for d in devices}
+    assert by_uuid["GPU-bbbb-2222"].name == "NVIDIA A100-SXM4-40GB"
+    torch_pci = "0000:3b:00.0".upper().replace("0000:", "00000000:")  # torch's spelling
+    assert by_pci[torch_pci.lstrip("0")].hw_id == "GPU-bbbb-2222"
+    assert {dict(r.attributes)[names.HW_ID] for r in readings} == set(by_uuid)
 
 
 def test_nvml_version_mismatch_makes_the_source_unavailable(caplog: pytest.LogCaptureFixture) -> None:
@@ -290,5 +295,8 @@ def test_real_torch_on_cpu_never_initialises_cuda() -> None:
     torch = pytest.importorskip("torch")
     source = TorchAllocatorSource()
     assert source.sample() == ()
-    assert source.read_current() is None
+    # nothing is read before the backend is initialised: no device, no figures
+    assert source.initialized() is False
+    assert source.devices() == ()
+    assert source.snapshot() == {"initialized": False}
     assert torch.cuda.is_initialized() is False

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON as ALWAYS_ON_SAMPLER
@@ -19,8 +19,8 @@ from memspan.phases.span_path import DEFERRED, SDK, SYNC, resolve
 from memspan.sources.host import HostMemorySource
 
 
-def test_the_default_path_is_deferred_and_delivers_on_flush() -> None:
-    t = make_telemetry()
+def test_behind_a_batch_processor_the_path_is_deferred_and_delivers_on_flush() -> None:
+    t = make_telemetry(batched=True)
     try:
         assert t.tracker.span_path.mode == DEFERRED
         with t.tracker.phase("work"):
@@ -34,7 +34,7 @@ def test_the_default_path_is_deferred_and_delivers_on_flush() -> None:
 
 
 def test_provider_shutdown_delivers_pending_phases_before_the_exporters_close() -> None:
-    t = make_telemetry()
+    t = make_telemetry(batched=True)
     with t.tracker.phase("last"):
         pass
     t.tracer_provider.shutdown()
@@ -181,7 +181,7 @@ def test_user_calls_on_the_current_span_land_in_the_exported_span() -> None:
 def test_a_processor_added_later_switches_new_phases_to_sdk_spans() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     tracker = Tracker(tracer_provider=provider, sources=[HostMemorySource()], start_sampler=False,
                       config=MemspanConfig(sample_interval_s=0.01))
     try:

@@ -222,7 +222,9 @@ def test_the_verdict_object_has_one_held_figure() -> None:
 
 
 def test_live_leak_event_once_per_path(telemetry_factory) -> None:  # type: ignore[no-untyped-def]
-    t: Telemetry = telemetry_factory(leak_thresholds=LeakThresholds(slope_bytes_per_run=1 * MIB))
+    # the live event is added to the phase span before it is built: the deferred path
+    t: Telemetry = telemetry_factory(leak_thresholds=LeakThresholds(slope_bytes_per_run=1 * MIB),
+                                     batched=True)
     kept = []
 
     def resident_block() -> mmap.mmap:  # anonymous mmap: returned to the OS when closed

@@ -39,7 +39,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import wrapt
-from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 
 if TYPE_CHECKING:
     from memspan.phases.core import PhaseCore
@@ -133,7 +133,10 @@ class TorchAutoPhases:
 
     # -- the wrappers ---------------------------------------------------------------------------
     def _core(self) -> PhaseCore | None:
-        if not self.active:
+        """The core to open auto phases on; None while uninstalled or while the caller
+        suppresses instrumentation (``suppress_instrumentation()``, as every OTel
+        instrumentation honours it)."""
+        if not self.active or not is_instrumentation_enabled():
             return None
         return self._tracker().phases
 
@@ -193,20 +196,27 @@ class TorchAutoPhases:
         _close_step()  # the previous iteration ends where the next batch is fetched
         _open_step(core)
         try:
-            return _in_phase(core, DATALOADER_NEXT, None, wrapped, args, kwargs)
+            return _in_phase(core, DATALOADER_NEXT, None, wrapped, args, kwargs,
+                             exhausted_is_no_step=True)
         except StopIteration:
             _close_step(discard=True)  # the loop is over: the empty fetch is not an iteration
             raise
 
 
 def _in_phase(core: PhaseCore, name: str, attributes: dict[str, Any] | None,
-              wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+              wrapped: Callable[..., Any], args: Any, kwargs: Any, *,
+              exhausted_is_no_step: bool = False) -> Any:
+    """Run ``wrapped`` inside an auto phase. ``exhausted_is_no_step``: a ``StopIteration``
+    means the loop is over, so the automatic step around it is discarded before this phase
+    ends (on the ``sync``/``sdk`` paths its span would otherwise go out at its exit)."""
     phase = core.open(name, attributes, auto=True)
     if phase is None:  # a user phase of this name runs here (or memspan failed): no double
         return wrapped(*args, **kwargs)
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as error:
+        if exhausted_is_no_step and isinstance(error, StopIteration):
+            _discard_step()
         core.close(phase, error)
         raise
     core.close(phase, None)
@@ -222,6 +232,14 @@ def _open_step(core: PhaseCore) -> bool:
         return False
     _auto_step.set((core, phase))
     return True
+
+
+def _discard_step() -> None:
+    """Mark the automatic step of this context as no iteration (nothing of it is exported);
+    it still closes through :func:`_close_step`."""
+    opened = _auto_step.get()
+    if opened is not None:
+        opened[1].dissolved = True
 
 
 def _close_step(*, discard: bool = False) -> None:

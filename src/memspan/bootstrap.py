@@ -49,7 +49,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from memspan import environment_variables as ev
-from memspan import otel_internals
+from memspan import otel_internals, otel_names
 from memspan.analysis.thresholds import LeakThresholds
 from memspan.config import ConfigError, MemspanConfig
 from memspan.drops import PROCESS_LEDGER, DropLedger
@@ -295,11 +295,11 @@ def providers_from_environment(
     validate_otel_environment()
     tracer_provider = TracerProvider(resource=resource, span_limits=span_limits(),
                                      shutdown_on_exit=False)
-    for exporter in _exporters("opentelemetry_traces_exporter", ev.OTEL_TRACES_EXPORTER,
+    for exporter in _exporters(otel_names.TRACES_EXPORTER_GROUP, ev.OTEL_TRACES_EXPORTER,
                                "TRACES"):
         tracer_provider.add_span_processor(CountingBatchSpanProcessor(exporter, ledger))
     readers: list[MetricReader] = []
-    for exporter in _exporters("opentelemetry_metrics_exporter", ev.OTEL_METRICS_EXPORTER,
+    for exporter in _exporters(otel_names.METRICS_EXPORTER_GROUP, ev.OTEL_METRICS_EXPORTER,
                                "METRICS"):
         if isinstance(exporter, MetricReader):
             readers.append(exporter)
@@ -312,7 +312,7 @@ def providers_from_environment(
 def _exporters(group: str, variable: str, signal: str) -> list[Any]:
     names = [n.strip() for n in os.environ.get(variable, "otlp").split(",") if n.strip()]
     protocol = (
-        os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+        os.environ.get(otel_names.SIGNAL_PROTOCOL_VARIABLES[signal])
         or os.environ.get(ev.OTEL_EXPORTER_OTLP_PROTOCOL)
         or "grpc"
     ).strip()
@@ -338,21 +338,24 @@ def _exporters(group: str, variable: str, signal: str) -> list[Any]:
 def shutdown(timeout_s: float = 5.0) -> bool:
     """Stop the default tracker and flush/stop the providers memspan installed.
 
-    Returns True when everything finished within ``timeout_s``.
+    Returns True when everything finished within ``timeout_s``. Afterwards phases pass
+    through (no thread starts, nothing is written) until ``configure()`` is called again.
     """
     global _installation
     with _lock:
         installation, _installation = _installation, None
     if installation is None:
         tracker = default_tracker_if_any()
+        set_default_tracker(None, retire=True)
         if tracker is None:
             return True
-        set_default_tracker(None)
         deadline = time.monotonic() + timeout_s
         tracker.prepare_final_export(timeout_s)
         flushed = tracker.flush_providers(_left(deadline))  # someone else's: flushed, not stopped
         return tracker.shutdown(_left(deadline)) and flushed
-    return shutdown_installation(installation, timeout_s)
+    finished = shutdown_installation(installation, timeout_s)
+    set_default_tracker(None, retire=True)
+    return finished
 
 
 def uninstrument(timeout_s: float = EXIT_DEADLINE_S) -> bool:
@@ -367,7 +370,9 @@ def uninstrument(timeout_s: float = EXIT_DEADLINE_S) -> bool:
         for provider in installation.providers.owned:
             atexit.register(provider.shutdown)
         installation.providers.owned = []
-    return shutdown_installation(installation, timeout_s)
+    finished = shutdown_installation(installation, timeout_s)
+    set_default_tracker(None, retire=True)
+    return finished
 
 
 def shutdown_installation(installation: Installation, timeout_s: float) -> bool:

@@ -36,6 +36,8 @@ PHASE_PATH_TRUNCATED: Final = "phase_path_truncated"
 STEP_BUFFER_FULL: Final = "step_buffer_full"
 LISTENER_ERROR: Final = "listener_error"
 LEAK_WATCH_PATHS: Final = "leak_watch_paths"
+#: an event recorded by a signal handler that interrupted its own thread inside the ring
+SIGNAL_REENTRY: Final = "signal_reentry"
 
 
 class DropLedger:

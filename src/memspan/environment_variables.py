@@ -8,6 +8,10 @@ else is derived from these declarations and nothing else spells a variable's nam
 - the table in ``docs/configuration.md`` (:func:`markdown_table`; a test keeps them equal);
 - the environment allowlist of OOM bundles (:func:`bundle_allowlist`).
 
+The standard ``OTEL_*`` variables declared here take their names from :mod:`memspan.otel_names`
+(which has them from the OpenTelemetry SDK); the ``OTEL_*`` variables memspan only sets for
+a child, or reads without validating, are named there alone.
+
 Invariant: a bad value is a :class:`ConfigError` whose message names the variable, repeats the
 value and states the accepted range. Parsing never raises anything else, whatever the text
 (a property-based test feeds it arbitrary strings).
@@ -22,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from memspan import names
+from memspan import names, otel_names
 
 Kind = Literal["seconds", "mib", "int", "bytes", "ratio", "bool", "path", "text", "url", "choice"]
 
@@ -284,9 +288,11 @@ MEMSPAN_QUIET: Final = _declare(
     setting="quiet")
 MEMSPAN_SPAN_MODE: Final = _declare(
     "MEMSPAN_SPAN_MODE", "choice", "deferred",
-    "how phase spans reach the provider: `deferred` (built off the caller's thread in batches), "
-    "`sync` (built at the phase's exit, on the caller's thread) or `sdk` (ordinary SDK spans; "
-    "chosen anyway when the provider is not the SDK's or a processor works in `on_start`)",
+    "how phase spans reach the provider: `deferred` (built off the caller's thread in batches, "
+    "only where every span processor just queues spans; otherwise `sync` is taken), `sync` "
+    "(built and handed to `on_end` at the phase's exit, on the caller's thread) or `sdk` "
+    "(ordinary SDK spans; chosen anyway when the provider is not the SDK's or a processor "
+    "works in `on_start`)",
     choices=("deferred", "sync", "sdk"), setting="span_mode")
 MEMSPAN_TRACE_ROOTS: Final = _declare(
     "MEMSPAN_TRACE_ROOTS", "text", "step",
@@ -341,52 +347,53 @@ LEAK_THRESHOLD_FIELDS: Final = {
     MEMSPAN_PLATEAU_BYTES: "plateau_bytes",
 }
 
-# -- standard OpenTelemetry variables memspan reads or validates ------------------------------
+# -- standard OpenTelemetry variables memspan reads or validates (names: memspan.otel_names) --
 OTEL_EXPORTER_OTLP_ENDPOINT: Final = _declare(
-    "OTEL_EXPORTER_OTLP_ENDPOINT", "url", None,
+    otel_names.OTEL_EXPORTER_OTLP_ENDPOINT, "url", None,
     "OTLP endpoint of every signal; setting it makes `configure()` build OTLP exporters",
     external=True, in_bundle=False)
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: Final = _declare(
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "url", None, "OTLP endpoint of spans",
+    otel_names.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "url", None, "OTLP endpoint of spans",
     external=True, in_bundle=False)
 OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: Final = _declare(
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "url", None, "OTLP endpoint of metrics",
+    otel_names.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, "url", None, "OTLP endpoint of metrics",
     external=True, in_bundle=False)
 OTEL_EXPORTER_OTLP_TIMEOUT: Final = _declare(
-    "OTEL_EXPORTER_OTLP_TIMEOUT", "seconds", 10.0,
+    otel_names.OTEL_EXPORTER_OTLP_TIMEOUT, "seconds", 10.0,
     "seconds an OTLP export may take (the Python SDK reads seconds)",
     minimum=0.001, maximum=_HOUR, external=True)
 OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: Final = _declare(
-    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "seconds", None,
-    "as `OTEL_EXPORTER_OTLP_TIMEOUT`, for spans", minimum=0.001, maximum=_HOUR, external=True)
+    otel_names.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, "seconds", None,
+    f"as `{OTEL_EXPORTER_OTLP_TIMEOUT}`, for spans", minimum=0.001, maximum=_HOUR, external=True)
 OTEL_EXPORTER_OTLP_METRICS_TIMEOUT: Final = _declare(
-    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "seconds", None,
-    "as `OTEL_EXPORTER_OTLP_TIMEOUT`, for metrics", minimum=0.001, maximum=_HOUR, external=True)
+    otel_names.OTEL_EXPORTER_OTLP_METRICS_TIMEOUT, "seconds", None,
+    f"as `{OTEL_EXPORTER_OTLP_TIMEOUT}`, for metrics", minimum=0.001, maximum=_HOUR, external=True)
 _PROTOCOLS = ("grpc", "http/protobuf", "http/json")
 OTEL_EXPORTER_OTLP_PROTOCOL: Final = _declare(
-    "OTEL_EXPORTER_OTLP_PROTOCOL", "choice", None, "OTLP transport of every signal",
+    otel_names.OTEL_EXPORTER_OTLP_PROTOCOL, "choice", None, "OTLP transport of every signal",
     external=True, choices=_PROTOCOLS)
 OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: Final = _declare(
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "choice", None, "OTLP transport of spans",
+    otel_names.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "choice", None, "OTLP transport of spans",
     external=True, choices=_PROTOCOLS)
 OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: Final = _declare(
-    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "choice", None, "OTLP transport of metrics",
+    otel_names.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL, "choice", None, "OTLP transport of metrics",
     external=True, choices=_PROTOCOLS)
 OTEL_TRACES_EXPORTER: Final = _declare(
-    "OTEL_TRACES_EXPORTER", "text", None,
-    "span exporters by entry-point name (`otlp`, `console`, `none`, `memspan_file`...)",
+    otel_names.OTEL_TRACES_EXPORTER, "text", None,
+    f"span exporters by entry-point name (`otlp`, `console`, `none`, `{otel_names.FILE_EXPORTER}`...)",
     external=True)
 OTEL_METRICS_EXPORTER: Final = _declare(
-    "OTEL_METRICS_EXPORTER", "text", None,
+    otel_names.OTEL_METRICS_EXPORTER, "text", None,
     "metric exporters by entry-point name (`otlp`, `console`, `prometheus`, `none`...)",
     external=True)
 OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: Final = _declare(
-    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "int", 16384,
+    otel_names.OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "int", 16384,
     "longest string attribute value kept (longer ones are cut); memspan applies this default "
     "to the providers it builds, where the SDK's default is unlimited",
     minimum=1, maximum=_INT32, external=True)
 OTEL_SERVICE_NAME: Final = _declare(
-    "OTEL_SERVICE_NAME", "text", None, f"the `{names.SERVICE_NAME}` resource attribute", external=True)
+    otel_names.OTEL_SERVICE_NAME, "text", None, f"the `{names.SERVICE_NAME}` resource attribute",
+    external=True)
 
 # -- launcher variables the resource detector reads -------------------------------------------
 RANK: Final = _declare("RANK", "int", None, "rank (torchrun)", minimum=0, maximum=_INT32,

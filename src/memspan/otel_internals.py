@@ -284,7 +284,7 @@ def internals_report() -> dict[str, bool]:
 
     meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
     histogram = meters.get_meter("memspan-probe").create_histogram("probe")
-    series = {"memspan.phase.path": "probe"}
+    series = {"probe": "series"}
     histogram.record(1.0, series)
     keys = [frozenset(series.items())]
     if hash_attributes is not None:

@@ -35,6 +35,7 @@ from memspan.analysis.leak_watch import LeakWatcher
 from memspan.analysis.thresholds import LeakThresholds
 from memspan.config import ConfigError, MemspanConfig
 from memspan.drops import PROCESS_LEDGER, DropLedger
+from memspan.fork_safety import reset_in_forked_children
 from memspan.instruments import MemoryInstruments
 from memspan.names import REPORT_SUFFIX
 from memspan.oom.observer import AllocatorObserver
@@ -106,6 +107,28 @@ class Tracker:
         self.exporter.start()
         if start_sampler:
             self.sampler.start()
+        reset_in_forked_children(self)
+        _deliver_when_multiprocessing_children_exit(self)
+
+    # -- forked children -------------------------------------------------------------------
+    def _after_fork_in_child(self) -> None:
+        """A forked child is a session of its own: scope ids never collide with the parent's
+        (the sampler, the export worker and the sources restart on their own)."""
+        self.session_id = str(uuid.uuid4())
+        self.phases.session_id = self.session_id
+        self.flight_recorder.session_id = self.session_id
+
+    def deliver_before_exit(self, timeout_s: float = 5.0) -> None:
+        """Deliver this process's pending phases and flush its providers (a child's last
+        chance: ``multiprocessing`` ends its workers with ``os._exit``, past ``atexit``)."""
+        if self._closed:
+            return
+        try:
+            self.prepare_final_export(timeout_s)
+            self.flush_providers(timeout_s)
+        except Exception:
+            _logger.debug("memspan: delivering a child's phases at its exit failed",
+                          exc_info=True)
 
     # -- the steps of building a session (in this order) --------------------------------------
     def _build_sampling(self, meter: metrics.Meter, sources: Sequence[MemorySource] | None
@@ -137,7 +160,6 @@ class Tracker:
             meter.create_counter(names.STEP_COUNT, unit="1",
                                  description="Step traces, kept or dropped by step sampling"),
             self.ledger,
-            interval_s=self.config.sample_interval_s,
         )
         self.span_paths.install(FlushHook(self.exporter))
         self.phases = PhaseCore(
@@ -292,6 +314,23 @@ class Tracker:
         return stopped
 
 
+def _deliver_when_multiprocessing_children_exit(tracker: Tracker) -> None:
+    """In every ``multiprocessing`` child forked from here (``Process``, ``Pool`` workers,
+    torch ``DataLoader`` workers), deliver the tracker's phases when the child ends through
+    ``multiprocessing``'s own exit path (its finalizers run; ``atexit`` does not). Registered
+    after the child's start-up clears inherited finalizers. Spawned children are untouched:
+    they never configured memspan, so they stay pass-through."""
+    try:
+        from multiprocessing import util
+    except ImportError:  # pragma: no cover - a stripped interpreter
+        return
+
+    def in_child(alive: Tracker) -> None:
+        util.Finalize(alive, alive.deliver_before_exit, exitpriority=100)
+
+    util.register_after_fork(tracker, in_child)
+
+
 def _nothing() -> None:
     return None
 
@@ -303,6 +342,8 @@ def _ignore(_error: BaseException) -> None:
 _default_lock = threading.Lock()
 _default_tracker: Tracker | None = None
 _disabled: str | None = None
+#: ``memspan.shutdown()`` ran: the module-level API passes through until ``configure()``
+_retired = False
 
 
 def get_tracker() -> Tracker:
@@ -339,7 +380,7 @@ def disabled_reason() -> str | None:
 def default_tracker_or_none() -> Tracker | None:
     """The default tracker, or None while memspan is disabled. Never raises: a configuration
     error found here disables memspan (logged once) and the program runs without it."""
-    if _disabled is not None:
+    if _disabled is not None or _retired:
         return None
     try:
         return get_tracker()
@@ -353,13 +394,16 @@ def default_tracker_if_any() -> Tracker | None:
     return _default_tracker
 
 
-def set_default_tracker(tracker: Tracker | None) -> Tracker | None:
+def set_default_tracker(tracker: Tracker | None, *, retire: bool = False) -> Tracker | None:
     """Install ``tracker`` as the default (``None``: none, and memspan no longer disabled);
-    return the one it replaces."""
-    global _default_tracker, _disabled
+    return the one it replaces. ``retire`` (with ``None``: ``memspan.shutdown()``): until a
+    tracker is installed again, the module-level API passes through instead of building a
+    new default tracker on providers that were shut down."""
+    global _default_tracker, _disabled, _retired
     with _default_lock:
         previous, _default_tracker = _default_tracker, tracker
         _disabled = None
+        _retired = retire and tracker is None
     return previous
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from launcher_helpers import clean_env, run_instrumented
 from memspan import names
 
 from .otlp_receiver import attributes_of, otlp_http_receiver
@@ -31,7 +30,7 @@ TRAINING = textwrap.dedent("""
 
 
 def instrument_env(endpoint: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    env = clean_env()
     env.update({
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
@@ -47,19 +46,13 @@ def instrument_env(endpoint: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_instrumented(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
-    return subprocess.run([str(instrument), sys.executable, str(script)], env=env, text=True,
-                          capture_output=True, timeout=180, check=False)
-
-
 def train_instrumented(tmp_path: Path, **extra_env: str) -> tuple[
         subprocess.CompletedProcess[str], list[Any], set[str]]:
     """Run the training script under opentelemetry-instrument against a real receiver."""
     script = tmp_path / "train.py"
     script.write_text(TRAINING)
     with otlp_http_receiver() as (endpoint, received):
-        result = run_instrumented(script, instrument_env(endpoint, **extra_env))
+        result = run_instrumented(script, env=instrument_env(endpoint, **extra_env), timeout=180)
         return result, [span for _, span in received.spans()], received.metric_names()
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -16,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from launcher_helpers import clean_env, run_instrumented, run_python
 
 WORKLOAD = textwrap.dedent("""
     import json, sys, time
@@ -52,13 +51,12 @@ def closed_port() -> int:
 
 
 def test_workload_with_the_exporter_down(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    env = clean_env()
     env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                 "OTEL_METRIC_EXPORT_INTERVAL": "2000",
                 "OTEL_BSP_MAX_QUEUE_SIZE": "2048"})
-    result = subprocess.run([sys.executable, "-c", WORKLOAD, "30"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_python(WORKLOAD, tmp_path, "30", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     (phases_10, rss_10), (phases_20, _) = report["marks"]["10"], report["marks"]["20"]
@@ -118,7 +116,7 @@ NOISE = ("Exporter already shutdown", "shutdown can only be called once",
 
 
 def hung_env(port: int, protocol: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
+    env = clean_env()
     env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
                 "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_LOGS_EXPORTER": "none",
                 "OTEL_EXPORTER_OTLP_TIMEOUT": "60",
@@ -131,9 +129,7 @@ def test_exit_is_bounded_with_a_collector_that_never_answers(tmp_path: Path,
                                                              protocol: str) -> None:
     with silent_collector() as port:
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-c", NO_SHUTDOWN], cwd=tmp_path,
-                                env=hung_env(port, protocol), capture_output=True, text=True,
-                                timeout=120, check=False)
+        result = run_python(NO_SHUTDOWN, tmp_path, env=hung_env(port, protocol))
         took = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done" in result.stdout
@@ -145,12 +141,9 @@ def test_exit_is_bounded_under_opentelemetry_instrument(tmp_path: Path) -> None:
     script = tmp_path / "job.py"
     script.write_text("import memspan\nfor i in range(50):\n    with memspan.phase('s'):\n"
                       "        pass\nprint('done', flush=True)\n")
-    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
     with silent_collector() as port:
         started = time.monotonic()
-        result = subprocess.run([str(instrument), sys.executable, str(script)], cwd=tmp_path,
-                                env=hung_env(port, "http/protobuf"), capture_output=True,
-                                text=True, timeout=120, check=False)
+        result = run_instrumented(script, tmp_path, env=hung_env(port, "http/protobuf"))
         took = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done" in result.stdout
@@ -159,11 +152,9 @@ def test_exit_is_bounded_under_opentelemetry_instrument(tmp_path: Path) -> None:
 
 
 def test_a_normal_run_prints_no_shutdown_noise(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
     script = "import memspan\nmemspan.configure()\nwith memspan.phase('p'):\n    pass\n"
     for explicit in ("", "memspan.shutdown()\n"):
-        result = subprocess.run([sys.executable, "-c", script + explicit], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = run_python(script + explicit, tmp_path)
         assert result.returncode == 0, result.stderr
         assert [line for line in result.stderr.splitlines()
                 if not line.startswith("memspan: telemetry -> ")] == []

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
+
+from launcher_helpers import run_clean
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "torchrun_gloo.py"
 
 
 def test_two_ranks_export_spans_with_distinct_ranks(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    result = subprocess.run(
+    result = run_clean(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(EXAMPLE)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False,
+        tmp_path, timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks: dict[int, set[str]] = {}

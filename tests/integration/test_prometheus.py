@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from launcher_helpers import clean_env
 
 from .promnames import emitted_prometheus_names
 
@@ -67,10 +68,9 @@ def query(base: str, expr: str) -> list[dict[str, Any]]:
 
 def test_prometheus_scrapes_every_host_metric_with_labels(tmp_path: Path) -> None:
     app_port, prom_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
     workload = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(app_port),
                                  str(tmp_path / "dumps")], stdout=subprocess.PIPE, text=True,
-                                env=env)
+                                env=clean_env())
     config = tmp_path / "prometheus.yml"
     config.write_text(textwrap.dedent(f"""
         global:

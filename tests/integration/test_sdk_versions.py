@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from launcher_helpers import clean_env, run_clean
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 OLDEST = HERE / "sdk-oldest.txt"
@@ -39,10 +41,8 @@ def oldest_python() -> Path:
 
 
 def probe(python: Path) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(HERE)])
-    result = subprocess.run([str(python), str(HERE / "sdk_probe.py")], env=env, text=True,
-                            capture_output=True, timeout=300, check=False)
+    env = clean_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(HERE)]))
+    result = run_clean([str(python), str(HERE / "sdk_probe.py")], env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -60,7 +60,8 @@ def test_phase_spans_on_both_ends_of_the_supported_sdk_range(end: str) -> None:
     assert len(internals) >= 17
     # the oldest SDK's metric storage differs: phase histograms use record() there
     assert fallbacks == ({"series_aggregations"} if end == "oldest" else set()), fallbacks
-    expected_modes = {"plain": "deferred", "on_start": "sdk", "missing_internals": "sdk"}
+    expected_modes = {"plain": "sync", "batched": "deferred", "on_start": "sdk",
+                      "missing_internals": "sdk"}
     for label, mode in expected_modes.items():
         run = result[label]
         assert run["mode"] == mode, label

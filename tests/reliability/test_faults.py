@@ -18,7 +18,7 @@ import pytest
 from conftest import Telemetry
 from memspan import MemspanConfig, names
 from memspan.launcher import classify_process_exit
-from memspan.launcher.breadcrumb_bundles import bundles_from_breadcrumbs
+from memspan.launcher.breadcrumb_bundles import collect_breadcrumbs
 from memspan.oom import bundle as bundle_module
 from memspan.oom.retention import list_bundles
 
@@ -90,8 +90,9 @@ def test_corrupt_breadcrumbs_still_become_bundles(tmp_path: Path) -> None:
     (crumbs / f"r0_p{os.getpid()}.jsonl").write_text("{}")  # a live process: left alone
     (crumbs / "notes.txt").write_text("not a breadcrumb")
     classification = classify_process_exit(-9)
-    written = bundles_from_breadcrumbs(str(tmp_path), classification, max_dumps=10,
-                                       max_total_mb=10)
+    # no run start known (every breadcrumb counts as recent), the exit status the only evidence
+    written = collect_breadcrumbs(str(tmp_path), classification, run_started=0.0, child_pid=-1,
+                                  cgroup_oom_rose=False, max_dumps=10, max_total_mb=10).bundles
     assert len(written) == 2
     manifests = {json.loads(Path(p, "manifest.json").read_text())["pid"]: p for p in written}
     good = json.loads(Path(manifests[dead_pid], "metadata.json").read_text())

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+from launcher_helpers import run_python
 
 DATALOADER = textwrap.dedent("""
     import json, os
@@ -39,13 +38,8 @@ DATALOADER = textwrap.dedent("""
 """)
 
 
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMSPAN_"))}
-
-
 def test_fork_dataloader_workers_under_auto_phases(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-c", DATALOADER], cwd=tmp_path, env=clean_env(),
-                            capture_output=True, text=True, timeout=180, check=False)
+    result = run_python(DATALOADER, tmp_path, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"total": float(sum(i * i for i in range(16))), "workers": 2}
@@ -77,8 +71,7 @@ BLOCKED = textwrap.dedent("""
 
 
 def test_shutdown_returns_by_its_deadline_while_the_exporter_is_blocked(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-c", BLOCKED], cwd=tmp_path, env=clean_env(),
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = run_python(BLOCKED, tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     finished, seconds = result.stdout.split()
     assert finished == "False"  # it says it could not finish...

@@ -35,7 +35,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from memspan import environment_variables as ev
-from memspan import names
+from memspan import names, otel_names
 from memspan.bootstrap import (
     EXIT_DEADLINE_S,
     install_providers,
@@ -113,24 +113,25 @@ def child_environment(config: MemspanConfig, dump_dir: str, output_dir: str,
         paths.insert(0, os.getcwd())
     env["PYTHONPATH"] = os.pathsep.join([sitecustomize_dir, *paths])
     if not user_configured_exporters(env):
-        env["OTEL_TRACES_EXPORTER"] = "memspan_file"
-        env["OTEL_METRICS_EXPORTER"] = "memspan_file"
-        env.setdefault("OTEL_LOGS_EXPORTER", "none")
+        env[otel_names.OTEL_TRACES_EXPORTER] = otel_names.FILE_EXPORTER
+        env[otel_names.OTEL_METRICS_EXPORTER] = otel_names.FILE_EXPORTER
+        env.setdefault(otel_names.OTEL_LOGS_EXPORTER, otel_names.NO_EXPORTER)
         env[ev.MEMSPAN_OUTPUT_DIR] = output_dir
-    detectors = [d for d in env.get("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "otel").split(",") if d]
-    if "memspan" not in detectors:
-        detectors.append("memspan")
-    env["OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"] = ",".join(detectors)
+    detectors = [d for d in env.get(otel_names.OTEL_EXPERIMENTAL_RESOURCE_DETECTORS,
+                                    otel_names.SDK_RESOURCE_DETECTOR).split(",") if d]
+    if otel_names.RESOURCE_DETECTOR not in detectors:
+        detectors.append(otel_names.RESOURCE_DETECTOR)
+    env[otel_names.OTEL_EXPERIMENTAL_RESOURCE_DETECTORS] = ",".join(detectors)
     env[ev.MEMSPAN_DUMP_DIR] = dump_dir
     # the launcher says where telemetry goes; the child's own line would be read back as
     # its output (and "OOM bundles" in it as a text marker)
     env.setdefault(ev.MEMSPAN_QUIET, "true")
     # the child's providers are the SDK's: bound attribute values as memspan's own are
-    env.setdefault(ev.OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "16384")
+    env.setdefault(otel_names.OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, "16384")
     if breadcrumbs:
         env.setdefault(ev.MEMSPAN_BREADCRUMBS, "true")
     if service_name:
-        env["OTEL_SERVICE_NAME"] = service_name
+        env[otel_names.OTEL_SERVICE_NAME] = service_name
     return env
 
 
@@ -229,8 +230,8 @@ def run_command(args: argparse.Namespace) -> int:
     if not breadcrumbs:
         env[ev.MEMSPAN_BREADCRUMBS] = "false"
     service = child_service_name(command, env)
-    if not env.get("OTEL_SERVICE_NAME"):
-        env["OTEL_SERVICE_NAME"] = service  # the child's telemetry and the run span agree
+    if not env.get(otel_names.OTEL_SERVICE_NAME):
+        env[otel_names.OTEL_SERVICE_NAME] = service  # the child's telemetry and the run span agree
     state = RunState(command, service, bool(args.export_args), dump_dir, time.time(), refused=refused,
                      limit_enforced=group is not None)
     try:

@@ -22,14 +22,15 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from memspan import names, otel_internals
+from memspan import names, otel_internals, otel_names
 from memspan.drops import EXPORT_QUEUE_FULL, DropLedger
+from memspan.phases.span_path import BatchingProcessor
 
 _logger = logging.getLogger(__name__)
 _warned = threading.Event()
 
 
-class CountingBatchSpanProcessor(BatchSpanProcessor):
+class CountingBatchSpanProcessor(BatchSpanProcessor, BatchingProcessor):
     def __init__(self, exporter: SpanExporter, ledger: DropLedger, **kwargs: Any) -> None:
         super().__init__(exporter, **kwargs)
         self._ledger = ledger
@@ -43,7 +44,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
                 "memspan: this OpenTelemetry SDK does not expose its span queue; spans dropped "
                 f"by a full export queue are not counted in {names.RECORDER_DROPPED} (the SDK's "
                 "otel.sdk.processor.span.processed{error.type=queue_full} counts them when "
-                "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED=true)")
+                f"{otel_names.OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED}=true)")
 
     def on_end(self, span: ReadableSpan) -> None:
         queue, limit = self._queue, self._limit

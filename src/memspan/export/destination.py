@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from memspan import environment_variables as ev
-from memspan import otel_internals
+from memspan import otel_internals, otel_names
 from memspan.phases.span_path import PassiveProcessor
 
-_NOWHERE_HINT = ("set OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT, "
-                 "or run without opentelemetry-instrument's providers to get memspan's files")
+_NOWHERE_HINT = (f"set {otel_names.OTEL_TRACES_EXPORTER} / {otel_names.OTEL_METRICS_EXPORTER} or "
+                 f"{otel_names.OTEL_EXPORTER_OTLP_ENDPOINT}, or run without "
+                 "opentelemetry-instrument's providers to get memspan's files")
 
 
 def _describe_exporter(exporter: Any) -> str:

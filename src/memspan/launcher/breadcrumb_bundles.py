@@ -259,12 +259,3 @@ def _write(dump_dir: str, name: str, rank: int, pid: int, header: dict[str, Any]
     except (OSError, MemoryError) as error:
         outcome.warnings.append(f"bundle for {name} not written: {error}")
         return None
-
-
-def bundles_from_breadcrumbs(dump_dir: str, classification: ProcessExitClassification, *,
-                             max_dumps: int, max_total_mb: int) -> list[str]:
-    """The bundles :func:`collect_breadcrumbs` writes when no run start is known (every
-    breadcrumb counts as recent) and the exit status is the only evidence."""
-    return collect_breadcrumbs(dump_dir, classification, run_started=0.0, child_pid=-1,
-                               cgroup_oom_rose=False, max_dumps=max_dumps,
-                               max_total_mb=max_total_mb).bundles

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-from memspan import names
+from memspan import names, otel_names
 
 REDACTED = "<redacted>"
 _CREDENTIAL = re.compile(r"token|secret|key|passw(or)?d|auth|credential", re.IGNORECASE)
@@ -68,8 +68,8 @@ def _from_resource_attributes(text: str) -> str | None:
 
 def child_service_name(command: Sequence[str], env: Mapping[str, str]) -> str:
     """The service name the child reports as (see the module docstring)."""
-    explicit = env.get("OTEL_SERVICE_NAME", "").strip() or _from_resource_attributes(
-        env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+    explicit = env.get(otel_names.OTEL_SERVICE_NAME, "").strip() or _from_resource_attributes(
+        env.get(otel_names.OTEL_RESOURCE_ATTRIBUTES, ""))
     if explicit:
         return explicit
     name = executable_name(command)

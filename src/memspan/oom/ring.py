@@ -16,14 +16,14 @@ Invariants:
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from memspan.drops import EVENT_TRUNCATED, RING_OVERFLOW, DropLedger
+from memspan.drops import EVENT_TRUNCATED, RING_OVERFLOW, SIGNAL_REENTRY, DropLedger
 from memspan.names import EventType
+from memspan.reentry import ReentryGuard
 
 _STRING_CUT = 1024
 _SAMPLE = EventType.SAMPLE.value
@@ -107,7 +107,7 @@ class EventRing:
         self._rare: deque[_Entry] = deque()
         self._sample_bytes = 0
         self._rare_bytes = 0
-        self._lock = threading.Lock()
+        self._lock = ReentryGuard()
         self._sequence = 0
 
     def record(self, event: Mapping[str, Any]) -> None:
@@ -127,7 +127,10 @@ class EventRing:
             payload, size = self._shrink(event)
         is_sample = payload.get("type") == _SAMPLE
         entry_time = time.time()
-        with self._lock:
+        if not self._lock.enter():  # a signal handler interrupted this thread in the ring
+            self.ledger.add(SIGNAL_REENTRY)
+            return
+        try:
             self._sequence += 1
             entry = (self._sequence, entry_time, payload, size)
             if is_sample:
@@ -143,6 +146,8 @@ class EventRing:
                              and self._sample_bytes + self._rare_bytes <= self.max_bytes):
                 return  # within every bound: the common case while the ring fills
             evicted = self._evict()
+        finally:
+            self._lock.exit()
         if evicted:
             self.ledger.add(RING_OVERFLOW, evicted)
 
@@ -184,8 +189,12 @@ class EventRing:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every buffered event, oldest first, with ``seq`` and ``ts`` (epoch seconds)."""
-        with self._lock:
+        entered = self._lock.enter()  # re-entered from a signal handler: a copy is atomic
+        try:
             merged = sorted([*self._samples, *self._rare], key=lambda e: e[0])
+        finally:
+            if entered:
+                self._lock.exit()
         return [{"seq": seq, "ts": ts, **payload} for seq, ts, payload, _ in merged]
 
     def since(self, sequence: int) -> list[dict[str, Any]]:
@@ -194,12 +203,16 @@ class EventRing:
         Walks each deque from its newest end, so the cost is proportional to what is new.
         """
         newer: list[_Entry] = []
-        with self._lock:
+        entered = self._lock.enter()
+        try:
             for events in (self._samples, self._rare):
-                for entry in reversed(events):
+                for entry in reversed(list(events) if not entered else events):
                     if entry[0] <= sequence:
                         break
                     newer.append(entry)
+        finally:
+            if entered:
+                self._lock.exit()
         newer.sort(key=lambda e: e[0])
         return [{"seq": seq, "ts": ts, **payload} for seq, ts, payload, _ in newer]
 
@@ -208,11 +221,15 @@ class EventRing:
         return self._sequence
 
     def clear(self) -> None:
-        with self._lock:
+        entered = self._lock.enter()
+        try:
             self._samples.clear()
             self._rare.clear()
             self._sample_bytes = 0
             self._rare_bytes = 0
+        finally:
+            if entered:
+                self._lock.exit()
 
     def __len__(self) -> int:
         return len(self._samples) + len(self._rare)

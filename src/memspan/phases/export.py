@@ -120,6 +120,38 @@ class PhaseExporter:
         if size + 1 == self._wake_at:
             self._wake.set()
 
+    def deliver_span(self, phase: PhaseSpan, path: SpanPath) -> None:
+        """Hand ``phase``'s finished span to the processors now (caller's thread, at its exit:
+        the ``sync`` and ``sdk`` paths). Its histograms and listeners follow on the worker.
+
+        Phases that will never be exported (an auto phase a user phase took over) are left
+        alone; a failure to build or end the span is counted, never raised."""
+        step = phase.step
+        if phase.dissolved or (step is not None and step.root.dissolved):
+            return
+        phase.span_delivered = True
+        if step is not None and not self.steps.keeps_all:
+            self._warn_sampling_needs_deferral(path)
+        if step is not None and phase is step.root and step.decision is None:
+            step.decision = ALL  # a span out at its exit cannot be dropped later
+        if phase.sdk_span is not None:
+            phase.span_exported = self._end_sdk_span(phase)
+            return
+        if not phase.recording or path.sdk_tracer is None:
+            return
+        try:
+            span = build_span(phase, path, True)
+        except Exception as error:
+            self.ledger.add(CALLBACK_ERROR, warning=(
+                f"building a phase span failed ({type(error).__name__}: {error})"))
+            return
+        phase.span_exported = True
+        try:
+            path.sdk_tracer.span_processor.on_end(span)
+        except Exception as error:
+            self.ledger.add(CALLBACK_ERROR, warning=(
+                f"a span processor raised in on_end ({type(error).__name__}: {error})"))
+
     def open_step(self, step: StepTrace) -> None:
         """A step root opened (caller's thread): foreign spans in its trace mark it."""
         steps = self.open_steps
@@ -215,21 +247,22 @@ class PhaseExporter:
         path = self.span_paths.current
         decided: list[tuple[PhaseSpan, bool]] = []
         keeps_all = self.steps.keeps_all
-        if not keeps_all and path.mode == SDK:
-            keeps_all = True
-            if not self._warned_sdk_sampling:
-                self._warned_sdk_sampling = True
-                _logger.warning(
-                    "memspan: step sampling needs phase spans built by memspan (the deferred "
-                    "span path); phases are ordinary SDK spans here (%s), which must end once "
-                    "started, so every step is exported", path.reason)
         for phase in batch:
             step = phase.step
             if phase.dissolved or (step is not None and step.root.dissolved):
                 continue  # a user phase took its place, or an auto step that was no iteration
             if step is None:
                 decided.append((phase, True))
-            elif keeps_all:
+            elif keeps_all or phase.span_delivered:
+                if not keeps_all:  # its span is out already: the step cannot be dropped
+                    self._warn_sampling_needs_deferral(path)
+                    decided.append((phase, True))
+                    if phase is step.root:
+                        out: list[PhaseSpan] = []
+                        self._waiting.pop(step.root.span_context.trace_id, None)
+                        self._release(step, ALL, out)  # phases buffered before a path switch
+                        decided.extend((p, True) for p in out)
+                    continue
                 decided.append((phase, True))
                 if phase is step.root:
                     step.decision = ALL
@@ -238,6 +271,15 @@ class PhaseExporter:
             else:
                 self._route(phase, step, decided)
         self._emit(decided, path)
+
+    def _warn_sampling_needs_deferral(self, path: SpanPath) -> None:
+        if not self._warned_sdk_sampling:
+            self._warned_sdk_sampling = True
+            _logger.warning(
+                "memspan: step sampling needs phase spans built by memspan off the caller's "
+                "thread (the deferred span path); here each phase span reaches the span "
+                "processors when it ends (%s path: %s), so every step is exported",
+                path.mode, path.reason)
 
     def _deliver_decided(self, phases: list[PhaseSpan]) -> None:
         self._emit([(p, p.step is None or p.step.decision != DROPPED) for p in phases],
@@ -306,7 +348,9 @@ class PhaseExporter:
                     self.ledger.add(CALLBACK_ERROR, warning=(
                         f"a phase listener raised ({type(error).__name__}: {error}); ignored"))
             exported = keep and phase.recording
-            if sdk_path or phase.sdk_span is not None:
+            if phase.span_delivered:
+                exported = phase.span_exported
+            elif sdk_path or phase.sdk_span is not None:
                 exported = self._end_sdk_span(phase)
             elif exported:
                 try:

@@ -99,6 +99,10 @@ class PhaseSpan(_Nesting, trace.Span):
     sampling_attributes: Attributes = None
     #: the ordinary SDK span of this phase (``sdk`` span path only)
     sdk_span: trace.Span | None = None
+    #: the span was handed to the processors at the phase's exit (``sync``/``sdk`` paths);
+    #: ``span_exported``: whether a recording span reached them
+    span_delivered = False
+    span_exported = False
     extra_attributes: dict[str, AttributeValue] | None = None
     events: deque[RawEvent] | None = None
     status: Status | None = None

@@ -1,15 +1,21 @@
-"""Which way phase spans reach the provider: built off the caller's thread, or ordinary SDK spans.
+"""Which way phase spans reach the provider: built by memspan, or ordinary SDK spans.
 
-Three modes:
+Three modes, one contract: a span processor that may observe a span as soon as it ends has
+it in ``on_end`` before the phase's exit returns (the specification's synchronous ``OnEnd``).
 
-- ``deferred`` (the default where possible): the caller's thread only makes a
-  :class:`~memspan.phases.record.PhaseSpan` current with a real ``SpanContext`` (the provider's id
-  generator and sampler decide ids and sampling); the finished ``ReadableSpan`` is built later,
-  in batches, by the export worker and handed to the provider's span processors' ``on_end``.
+- ``deferred``: only where every span processor just queues spans (the SDK's
+  ``BatchSpanProcessor`` or memspan's own): the caller's thread makes a
+  :class:`~memspan.phases.record.PhaseSpan` current with a real ``SpanContext`` (the
+  provider's id generator and sampler decide); the export worker builds the finished
+  ``ReadableSpan``s in batches and hands them to ``on_end``. Nobody can tell: a batch
+  processor exports later anyway, and ``force_flush``/``shutdown`` deliver everything first.
 - ``sync``: the same span, built and handed to ``on_end`` at the phase's exit, on the
-  caller's thread (strict conformance: an exporter sees the span as soon as the phase ends).
-- ``sdk``: an ordinary SDK span started and ended through the tracer (``on_start`` runs, the
-  SDK's own span metrics count it).
+  caller's thread: chosen when any processor is synchronous or unknown
+  (``SimpleSpanProcessor``, a user's processor), or when ``MEMSPAN_SPAN_MODE=sync``.
+- ``sdk``: an ordinary SDK span started at the phase's entry and ended at its exit through
+  the tracer (``on_start`` runs, the SDK's own span metrics count it).
+
+Histograms, ring events and the leak watch run on the export worker on every path.
 
 Invariant: ``deferred`` and ``sync`` are chosen only when everything they rely on is reachable
 on the tracer the provider gave us (``sampler``, ``id_generator``, ``span_processor``,
@@ -52,6 +58,11 @@ class PassiveProcessor(SpanProcessor):
     """Marks span processors of memspan's own whose ``on_start``/``_on_ending`` do nothing."""
 
 
+class BatchingProcessor:
+    """Marks memspan's own batch processors: ``on_end`` only queues the span (as the SDK's
+    ``BatchSpanProcessor`` does), so when it runs cannot be observed before a flush."""
+
+
 _PASSIVE_ON_START = {SpanProcessor.on_start, SimpleSpanProcessor.on_start,
                      BatchSpanProcessor.on_start}
 _PASSIVE_ON_ENDING = {otel_internals.on_ending_hook(cls)
@@ -70,6 +81,8 @@ class SpanPath:
     #: spans built by memspan (``deferred``/``sync``), not ordinary SDK spans
     fast: bool = field(init=False)
     sync: bool = field(init=False)
+    #: spans are built later, on the export worker (no processor can tell)
+    deferred: bool = field(init=False)
     #: a proxy tracer with no global provider behind it yet
     waiting: bool = field(init=False)
     sampler: Any = field(init=False, default=None)
@@ -83,6 +96,7 @@ class SpanPath:
         put = object.__setattr__
         put(self, "fast", self.mode != SDK)
         put(self, "sync", self.mode == SYNC)
+        put(self, "deferred", self.mode == DEFERRED)
         put(self, "waiting", waits_for_provider(self.tracer))
         sdk = self.sdk_tracer
         if sdk is not None:
@@ -146,6 +160,20 @@ def active_processor_problem(span_processor: Any) -> str | None:
     return None
 
 
+def synchronous_processor(span_processor: Any) -> str | None:
+    """The first processor whose ``on_end`` may be observed at once (a
+    ``SimpleSpanProcessor``, a user's processor, anything not known to only queue), or None
+    when every processor only queues (the SDK's ``BatchSpanProcessor``, unchanged, or one of
+    memspan's own)."""
+    for leaf in processors(span_processor):
+        if isinstance(leaf, (PassiveProcessor, BatchingProcessor)):
+            continue
+        if isinstance(leaf, BatchSpanProcessor) and type(leaf).on_end is BatchSpanProcessor.on_end:
+            continue
+        return type(leaf).__qualname__
+    return None
+
+
 _READABLE_SPAN_PROBLEM = otel_internals.readable_span_problem()
 
 
@@ -168,8 +196,16 @@ def resolve(tracer: trace.Tracer, requested: str) -> SpanPath:
         problem = active_processor_problem(inner.span_processor)  # type: ignore[attr-defined]
     if problem is not None:
         path = SpanPath(SDK, problem, tracer)
+    elif requested == SYNC:
+        path = SpanPath(SYNC, "requested", tracer, inner)
     else:
-        path = SpanPath(requested, "the SDK's tracer internals are reachable", tracer, inner)
+        synchronous = synchronous_processor(inner.span_processor)  # type: ignore[attr-defined]
+        if synchronous is not None:
+            path = SpanPath(SYNC, f"span processor {synchronous} may observe a span as soon as "
+                                  "it ends: spans are handed to it at the phase's exit",
+                            tracer, inner)
+        else:
+            path = SpanPath(DEFERRED, "every span processor only queues spans", tracer, inner)
     _logger.debug("memspan: phase spans use the %s path (%s)", path.mode, path.reason)
     return path
 

@@ -5,6 +5,10 @@ since. The history is a stack of (tick, value) pairs whose values strictly decre
 bottom to top, so the first pair with a tick after T holds the maximum of every sample after
 T: one ``bisect`` per phase exit, amortised O(1) per sample.
 
+Never waits for its own thread (:class:`~memspan.reentry.ReentryGuard`): a reading from a
+signal handler that interrupted this thread inside the history is skipped (``max_since``
+answers None: unknown, so the peak is reported as not exact).
+
 Bounded: at most ``capacity`` pairs. When full the oldest pair is dropped, which can only
 make a very old phase's answer lower than the truth (a lower bound, reported with
 ``peak_exact=false`` anyway).
@@ -12,8 +16,9 @@ make a very old phase's answer lower than the truth (a lower bound, reported wit
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_right
+
+from memspan.reentry import ReentryGuard
 
 
 class MaxHistory:
@@ -23,13 +28,15 @@ class MaxHistory:
 
     def __init__(self, capacity: int = 1024) -> None:
         self._capacity = capacity
-        self._lock = threading.Lock()
+        self._lock = ReentryGuard()
         self._ticks: list[int] = []
         self._values: list[int] = []
         self.tick = 0
 
     def record(self, value: int) -> None:
-        with self._lock:
+        if not self._lock.enter():
+            return  # a signal handler inside a record on this thread: this sample is skipped
+        try:
             self.tick += 1
             values = self._values
             while values and values[-1] <= value:
@@ -40,9 +47,15 @@ class MaxHistory:
             if len(values) > self._capacity:
                 del values[0]
                 del self._ticks[0]
+        finally:
+            self._lock.exit()
 
     def max_since(self, tick: int) -> int | None:
         """Highest value recorded after ``tick``; None when nothing was recorded since."""
-        with self._lock:
+        if not self._lock.enter():
+            return None  # interrupted inside the history by a signal handler: unknown
+        try:
             index = bisect_right(self._ticks, tick)
             return self._values[index] if index < len(self._values) else None
+        finally:
+            self._lock.exit()

@@ -9,9 +9,9 @@ Invariants:
   ``slow_interval`` instead of every tick.
 - Which readings are counters (their rises are reported to listeners) and which keep a
   window peak comes from the session's :class:`~memspan.metric_catalogue.MetricCatalogue`.
-- A source's exception never escapes: the failure is counted in the drop ledger, a warning is
-  logged once per source, and the source is marked degraded; after
-  ``MAX_CONSECUTIVE_FAILURES`` failures in a row it is no longer asked.
+- A source's exception never escapes: the failure is counted in the drop ledger and a warning
+  is logged once per source; the source is degraded (still asked, each failure counted) and
+  after ``MAX_CONSECUTIVE_FAILURES`` failures in a row it is no longer asked.
 - ``shutdown()`` joins the thread within its deadline. In a forked child the sampler starts
   clean: sources drop inherited handles, state is emptied, and the thread is restarted if it
   ran in the parent. The parent's handles are never touched from the child.
@@ -54,13 +54,12 @@ SampleListener = Callable[[Sequence[Reading], Sequence[CounterIncrease]], None]
 
 
 class _SourceSlot:
-    __slots__ = ("degraded", "disabled", "failures", "next_due", "slow", "source", "warned")
+    __slots__ = ("disabled", "failures", "next_due", "slow", "source", "warned")
 
     def __init__(self, source: MemorySource, slow: bool) -> None:
         self.source = source
         self.slow = slow
         self.failures = 0
-        self.degraded = False
         self.disabled = False
         self.warned = False
         self.next_due = 0.0
@@ -104,9 +103,6 @@ class Sampler:
     @property
     def sources(self) -> list[MemorySource]:
         return [slot.source for slot in self._slots]
-
-    def degraded_sources(self) -> list[str]:
-        return [slot.source.name for slot in self._slots if slot.degraded]
 
     def add_listener(self, listener: SampleListener) -> None:
         self._listeners.append(listener)
@@ -210,7 +206,6 @@ class Sampler:
                 self._source_failed(slot, error)
             else:
                 slot.failures = 0
-                slot.degraded = False
         self.ticks += 1
         self.state.update(readings)
         self._record_histories(readings)
@@ -244,7 +239,6 @@ class Sampler:
 
     def _source_failed(self, slot: _SourceSlot, error: Exception) -> None:
         slot.failures += 1
-        slot.degraded = True
         self.ledger.add(SOURCE_ERROR)
         if not slot.warned:
             slot.warned = True

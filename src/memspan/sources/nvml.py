@@ -51,7 +51,9 @@ class NvmlSource:
     )
 
     def __init__(self, nvml: ModuleType | None = None, *, process_every: int = 5) -> None:
-        self._nvml = nvml
+        # Imported here, on the thread building the session, never first on the sampler
+        # thread: a fork while that thread held the import lock would hang the child.
+        self._nvml = nvml if nvml is not None else _import_pynvml()
         self._process_every = max(1, process_every)
         self._initialized = False
         self._unavailable_reason: str | None = None
@@ -61,12 +63,6 @@ class NvmlSource:
         self._process_usage: dict[str, int] = {}
 
     def _module(self) -> ModuleType | None:
-        if self._nvml is None:
-            try:
-                import pynvml
-            except ImportError:
-                return None
-            self._nvml = pynvml
         return self._nvml
 
     def _ensure_initialized(self) -> bool:
@@ -119,17 +115,6 @@ class NvmlSource:
         if not self._ensure_initialized():
             return ()
         return [identity for _, identity in self._handles]
-
-    def find_device(self, *, hw_id: str = "", pci_bus_id: str = "") -> DeviceIdentity | None:
-        """Match a torch device to its NVML device by UUID, else by PCI bus id."""
-        for identity in self.devices():
-            if hw_id and identity.hw_id == hw_id:
-                return identity
-        wanted = pci_bus_id.upper().lstrip("0")
-        for identity in self.devices():
-            if wanted and identity.pci_bus_id.upper().lstrip("0") == wanted:
-                return identity
-        return None
 
     def capabilities(self) -> frozenset[str]:
         return frozenset(
@@ -228,3 +213,13 @@ class NvmlSource:
                     pass
         self._initialized = False
         self._handles = []
+
+
+def _import_pynvml() -> ModuleType | None:
+    """``nvidia-ml-py``'s module, or None where it is not installed."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    module: ModuleType = pynvml
+    return module

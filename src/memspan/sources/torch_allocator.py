@@ -221,12 +221,6 @@ class TorchAllocatorSource:
             f"{self.api.backend}:{device}", self.api.memory_stats_nested(device)
         )
 
-    def read_current(self) -> AllocatorFigures | None:
-        """Figures for the current device, or None before the backend is initialised."""
-        if not self.initialized():
-            return None
-        return self.read_device(self.api.current_device())
-
     def sample(self) -> Sequence[Reading]:
         if not self.initialized():
             return ()
