@@ -18,5 +18,4 @@ def task(run: int) -> None:
 if __name__ == "__main__":
     # One unaudited run first, as a worker's warm-up would: the process's allocator keeps the
     # arenas the first batch needed (RSS it reuses, not memory the pipeline holds).
-    task(-1)
-    run_scenario("clean_execution", task)
+    run_scenario("clean_execution", task, warm_up=lambda: task(-1))

@@ -21,9 +21,17 @@ def fetch_records(count: int, run: int) -> list[dict[str, str]]:
             for i in range(count)]
 
 
-def run_scenario(name: str, task: Callable[[int], None], runs: int = 8) -> str:
+def run_scenario(name: str, task: Callable[[int], None], runs: int = 8,
+                 warm_up: Callable[[], None] | None = None) -> str:
+    """Run ``task`` ``runs`` times, each in a ``sync_task`` phase, and print the verdict.
+
+    ``warm_up`` runs once after memspan has started and outside any phase, as a worker's
+    warm-up would: the allocator's arenas it leaves are reused memory, not memory held.
+    """
     output = os.environ.get("MEMSPAN_OUTPUT_DIR", f"memspan-out-{name}")
     memspan.configure(service_name=name, output_dir=output, export_interval_s=60)
+    if warm_up is not None:
+        warm_up()
     for run in range(runs):
         with memspan.phase("sync_task", run=run):
             task(run)

@@ -23,6 +23,16 @@ def train_once(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
         optimizer.zero_grad()
 
 
+def tiny_job(batches: int) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+    """A three-layer classifier, its optimizer and a loader of ``batches`` batches of 4."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    rows = 4 * batches
+    loader = DataLoader(TensorDataset(torch.randn(rows, 8), torch.randint(0, 3, (rows,))),
+                        batch_size=4)
+    return model, optimizer, loader
+
+
 def test_auto_phases_wrap_a_training_loop_and_come_off_cleanly(telemetry: Telemetry) -> None:
     original_call = nn.Module.__call__
     original_backward = torch.Tensor.backward
@@ -30,10 +40,7 @@ def test_auto_phases_wrap_a_training_loop_and_come_off_cleanly(telemetry: Teleme
     auto = TorchAutoPhases(lambda: telemetry.tracker)
     auto.install()
     try:
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        loader = DataLoader(TensorDataset(torch.randn(12, 8), torch.randint(0, 3, (12,))),
-                            batch_size=4)
+        model, optimizer, loader = tiny_job(batches=3)
         with telemetry.tracker.phase("epoch"):
             train_once(model, optimizer, loader)
     finally:
@@ -154,10 +161,7 @@ def test_suppress_instrumentation_suppresses_auto_phases_but_not_the_users(
     auto = TorchAutoPhases(lambda: telemetry.tracker)
     auto.install()
     try:
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        loader = DataLoader(TensorDataset(torch.randn(8, 8), torch.randint(0, 3, (8,))),
-                            batch_size=4)
+        model, optimizer, loader = tiny_job(batches=2)
         with suppress_instrumentation(), telemetry.tracker.phase("epoch"):
             train_once(model, optimizer, loader)
         suppressed = [s.name for s in telemetry.finished()]

@@ -17,19 +17,25 @@ from memspan.resource import MemspanResourceDetector, rank_identity, rank_identi
 # -- the finished-phase buffer (PhaseExporter.max_pending) -------------------------------------
 
 
-def test_a_full_phase_buffer_drops_new_phases_and_counts_them(
-        telemetry_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
-    telemetry = telemetry_factory(batched=True)  # spans wait in the buffer: the deferred path
-    tracker = telemetry.tracker
+def _stall_and_fill(tracker: Any, *, room: int, phases: int) -> Any:
+    """Stop the export worker, leave ``room`` in its buffer and end ``phases`` phases."""
     exporter = tracker.exporter
     exporter._stop.set()  # a stalled worker: the buffer fills as the caller's thread appends
     exporter._wake.set()
     assert exporter._thread is not None
     exporter._thread.join(5)
-    exporter.max_pending = 3
-    for index in range(5):
+    exporter.max_pending = room
+    for index in range(phases):
         with tracker.phase(f"p{index}"):
             pass
+    return exporter
+
+
+def test_a_full_phase_buffer_drops_new_phases_and_counts_them(
+        telemetry_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    telemetry = telemetry_factory(batched=True)  # spans wait in the buffer: the deferred path
+    tracker = telemetry.tracker
+    exporter = _stall_and_fill(tracker, room=3, phases=5)
     assert tracker.ledger.count(PHASE_BUFFER_FULL) == 2
     assert "3 finished phases were waiting for export" in caplog.text
     assert exporter.drain() == 3
@@ -42,18 +48,9 @@ def test_a_full_phase_buffer_drops_new_phases_and_counts_them(
 def test_a_full_phase_buffer_never_costs_a_synchronous_processor_its_span(
         telemetry: Telemetry) -> None:
     tracker = telemetry.tracker
-    exporter = tracker.exporter
-    exporter._stop.set()  # a stalled worker: only histograms and listeners wait for it
-    exporter._wake.set()
-    assert exporter._thread is not None
-    exporter._thread.join(5)
-    exporter.max_pending = 3
-    for index in range(5):
-        with tracker.phase(f"p{index}"):
-            pass
+    _stall_and_fill(tracker, room=3, phases=5)  # only histograms and listeners wait for it
     assert tracker.ledger.count(PHASE_BUFFER_FULL) == 2  # their histogram records are lost
     assert [s.name for s in telemetry.finished()] == [f"p{i}" for i in range(5)]
-    assert tracker.ledger.count(PHASE_BUFFER_FULL) == 2
 
 
 # -- the step buffer (PhaseExporter.max_step_phases) -------------------------------------------
