@@ -71,28 +71,18 @@ def test_simple_span_processor_has_every_phase_span_when_the_block_exits(
         tracker.shutdown()
 
 
-def test_a_custom_processor_sees_each_phase_end_on_the_thread_that_ended_it() -> None:
+@pytest.mark.parametrize(("kind", "mode"), [(EndRecorder, SYNC), (StartRecorder, SDK)])
+def test_a_users_processor_sees_each_phase_end_on_the_thread_that_ended_it(
+        kind: type[EndRecorder], mode: str) -> None:
+    """Only ``on_end`` work: the span is built at the exit (``sync``); work in ``on_start``
+    too: an ordinary SDK span, ended at the exit (``sdk``)."""
     provider = TracerProvider()
-    recorder = EndRecorder()
+    recorder = kind()
     provider.add_span_processor(recorder)
     tracker = tracker_on(provider)
     try:
-        assert tracker.span_path.mode == SYNC
-        assert "EndRecorder" in tracker.span_path.reason
-        with tracker.phase("step"):
-            pass
-        assert recorder.ended == [("step", threading.get_ident())]
-    finally:
-        tracker.shutdown()
-
-
-def test_a_processor_with_on_start_work_gets_sdk_spans_ended_at_the_exit() -> None:
-    provider = TracerProvider()
-    recorder = StartRecorder()
-    provider.add_span_processor(recorder)
-    tracker = tracker_on(provider)
-    try:
-        assert tracker.span_path.mode == SDK
+        assert tracker.span_path.mode == mode
+        assert kind.__name__ in tracker.span_path.reason
         with tracker.phase("step"):
             pass
         assert recorder.ended == [("step", threading.get_ident())]

@@ -379,7 +379,7 @@ class PhaseCore:
             phase.gen_frame = None
         if phase.sequence >= self._inherited_below:  # else the parent process exports it
             paths = self.span_paths
-            if phase.sdk_span is None and paths.current.fast and not paths.current.sync:
+            if paths.current.deferred:
                 paths.recheck()  # a processor added meanwhile may need the span at once
             if phase.sdk_span is not None or not paths.current.deferred:
                 self.exporter.deliver_span(phase, paths.current)  # on_end before exit returns
