@@ -44,7 +44,9 @@ class DropLedger:
     """Counts by reason, thread-safe, plus a one-time warning per reason."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # re-entrant: a signal handler that interrupts this thread inside add() and counts a
+        # drop itself must not deadlock (its count may then be overwritten, never blocked)
+        self._lock = threading.RLock()
         self._counts: dict[str, int] = {}
         self._warned: set[str] = set()
 

@@ -85,7 +85,7 @@ def test_signal_handler_exception_during_exit_figures_reaches_the_user(alarm_han
     reads: list[bool] = []
 
     def tracer(frame: FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code.co_name == "rss_bytes" and event == "return":
+        if frame.f_code.co_name == "rss_and_peak" and event == "return":
             reads.append(True)
             if len(reads) == 2:  # the exit reading (the first is the entry's): SIGALRM fires
                 _step_timeout_handler(signal.SIGALRM, frame)
@@ -103,7 +103,7 @@ def test_signal_handler_exception_while_a_phase_opens_reaches_the_user(alarm_han
     """The same timeout arriving while memspan reads a phase's entry figures."""
     t = make_telemetry()
     def tracer(frame: FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code.co_name == "rss_bytes" and event == "return":
+        if frame.f_code.co_name == "rss_and_peak" and event == "return":
             sys.settrace(None)
             _step_timeout_handler(signal.SIGALRM, frame)  # SIGALRM fires during the read
         return tracer

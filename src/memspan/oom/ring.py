@@ -12,13 +12,17 @@ Invariants:
   ``max_bytes_per_event`` is truncated (its long strings cut, ``_truncated`` set) and
   counted; every eviction is counted as ``ring_overflow``.
 - Events come back in recording order (a global sequence number orders both kinds).
+- A fixed-shape event may be recorded as a compact tuple and a renderer
+  (:meth:`EventRing.record_rendered`): the dict is built only when the ring is read (a dump,
+  a breadcrumb flush), never for the events that are evicted unread. Its size bound is the
+  caller's, so both bounds still hold.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from memspan.drops import EVENT_TRUNCATED, RING_OVERFLOW, SIGNAL_REENTRY, DropLedger
@@ -83,7 +87,15 @@ MAX_BYTES_PER_EVENT = 64 << 10
 #: default bound on the whole ring's estimated size
 MAX_RING_BYTES = 32 << 20
 
-_Entry = tuple[int, float, dict[str, Any], int]
+#: (sequence, epoch seconds, payload, estimated bytes, renderer or None)
+_Entry = tuple[int, float, Any, int, "Callable[[Any], dict[str, Any]] | None"]
+
+
+def _rendered(entry: _Entry) -> dict[str, Any]:
+    sequence, ts, payload, _, render = entry
+    if render is None:
+        return {"seq": sequence, "ts": ts, **payload}
+    return {"seq": sequence, "ts": ts, **render(payload)}
 
 
 class EventRing:
@@ -132,7 +144,7 @@ class EventRing:
             return
         try:
             self._sequence += 1
-            entry = (self._sequence, entry_time, payload, size)
+            entry: _Entry = (self._sequence, entry_time, payload, size, None)
             if is_sample:
                 self._samples.append(entry)
                 self._sample_bytes += size
@@ -146,6 +158,39 @@ class EventRing:
                              and self._sample_bytes + self._rare_bytes <= self.max_bytes):
                 return  # within every bound: the common case while the ring fills
             evicted = self._evict()
+        finally:
+            self._lock.exit()
+        if evicted:
+            self.ledger.add(RING_OVERFLOW, evicted)
+
+    def record_rendered(self, compact: tuple[Any, ...],
+                        render: Callable[[tuple[Any, ...]], dict[str, Any]],
+                        size: int, timestamp: float) -> None:
+        """Record a rare, fixed-shape event as ``compact``; ``render(compact)`` builds its
+        dict when the ring is read. ``size`` must bound the rendered event's JSON size (and
+        stay within ``max_bytes_per_event``); ``timestamp`` is when the event happened."""
+        if not self._lock.enter():
+            self.ledger.add(SIGNAL_REENTRY)
+            return
+        try:
+            self._sequence += 1
+            rare, samples = self._rare, self._samples
+            rare.append((self._sequence, timestamp, compact, size, render))
+            self._rare_bytes += size
+            count = len(samples) + len(rare)
+            within_bytes = self._sample_bytes + self._rare_bytes <= self.max_bytes
+            if count <= self.capacity and within_bytes:
+                return
+            if count == self.capacity + 1 and within_bytes:
+                # a full ring, the steady state: the oldest event of either kind goes (what
+                # _evict does here, samples being within their share already)
+                if samples and samples[0][0] < rare[0][0]:
+                    self._sample_bytes -= samples.popleft()[3]
+                else:
+                    self._rare_bytes -= rare.popleft()[3]
+                evicted = 1
+            else:
+                evicted = self._evict()
         finally:
             self._lock.exit()
         if evicted:
@@ -195,7 +240,7 @@ class EventRing:
         finally:
             if entered:
                 self._lock.exit()
-        return [{"seq": seq, "ts": ts, **payload} for seq, ts, payload, _ in merged]
+        return [_rendered(entry) for entry in merged]
 
     def since(self, sequence: int) -> list[dict[str, Any]]:
         """Events recorded after ``sequence``, oldest first (incremental breadcrumb flushes).
@@ -214,7 +259,7 @@ class EventRing:
             if entered:
                 self._lock.exit()
         newer.sort(key=lambda e: e[0])
-        return [{"seq": seq, "ts": ts, **payload} for seq, ts, payload, _ in newer]
+        return [_rendered(entry) for entry in newer]
 
     @property
     def last_sequence(self) -> int:

@@ -55,6 +55,22 @@ _PHASE_EVENT_BYTES = 14 * 48
 _HANDLED = "__memspan_oom_handled__"
 _handled_ids: collections.deque[int] = collections.deque(maxlen=256)
 
+#: the keys of a ``phase_end`` event after path and scope id, in :meth:`phase_ended`'s order
+_PHASE_END_FIELDS = ("rss_start", "device", "allocated_start", "reserved_start", "rss",
+                     "rss_peak", "allocated", "allocated_peak", "retained", "error")
+
+
+def render_phase_end(compact: tuple[Any, ...]) -> dict[str, Any]:
+    """The ``phase_end`` event of a compact ring record (absent figures are left out)."""
+    path, scope_id, start_ns, end_ns = compact[:4]
+    event: dict[str, Any] = {"type": EventType.PHASE_END.value, "path": path,
+                             "scope_id": scope_id, "start": start_ns / 1e9,
+                             "end": end_ns / 1e9, "duration_s": (end_ns - start_ns) / 1e9}
+    for key, value in zip(_PHASE_END_FIELDS, compact[4:], strict=True):
+        if value is not None:
+            event[key] = value
+    return event
+
 
 def mark_handled(error: BaseException) -> None:
     try:
@@ -165,6 +181,18 @@ class FlightRecorderService:
         self._previous_threading_hook: Any = None
         self._closed = False
 
+    #: the settings :meth:`use_bundle_settings` can change while the session runs
+    BUNDLE_SETTINGS = frozenset({"dump_dir", "oom_enabled", "max_dumps", "max_total_mb"})
+
+    def use_bundle_settings(self, config: MemspanConfig) -> None:
+        """Write later bundles with ``config``'s :data:`BUNDLE_SETTINGS` (where, whether, how
+        many are kept); the ring, the hooks and the breadcrumbs stay as they are (a reader of
+        breadcrumbs, ``memspan run``, looks for them where the session started)."""
+        self.config = config
+        self.recorder.config = dataclasses.replace(
+            self.recorder.config, enabled=config.oom_enabled, dump_dir=config.dump_dir,
+            max_dumps=config.max_dumps, max_total_mb=config.max_total_mb)
+
     # -- ring feeding ------------------------------------------------------------------------
     def phase_started(self, phase: PhaseSpan) -> None:
         """A ``phase_start`` ring event, written to the breadcrumb at once (caller's thread).
@@ -191,35 +219,33 @@ class FlightRecorderService:
 
     def phase_ended(self, phase: PhaseSpan) -> None:
         """One ``phase_end`` ring event per finished phase, with its start and end figures
-        and times (export worker). Open phases are not in the ring: a dump and a breadcrumb
-        take them from the open-phase stack instead."""
-        event: dict[str, Any] = {"type": EventType.PHASE_END.value, "path": phase.path_text,
-                                 "scope_id": phase.scope_id, "start": phase.start_ns / 1e9,
-                                 "end": phase.end_ns / 1e9,
-                                 "duration_s": (phase.end_ns - phase.start_ns) / 1e9}
+        and times (export worker), stamped with the phase's end time, not the worker's.
+        Recorded compact (its dict is built only if a dump or breadcrumb reads it). Open
+        phases are not in the ring: a dump and a breadcrumb take them from the open-phase
+        stack instead."""
         entry = phase.entry
-        if entry is not None:
-            if entry.rss is not None:
-                event["rss_start"] = entry.rss
-            allocator = entry.allocator
-            if allocator is not None:
-                event["device"] = allocator.device
-                event["allocated_start"] = allocator.allocated
-                event["reserved_start"] = allocator.reserved
         figures = phase.exit
-        if figures is not None:
-            for short, value in (("rss", figures.rss_end), ("rss_peak", figures.rss_peak),
-                                 ("allocated", figures.allocated_end),
-                                 ("allocated_peak", figures.allocated_peak),
-                                 ("retained", figures.retained)):
-                if value is not None:
-                    event[short] = value
-        if phase.error is not None:
-            event["error"] = phase.error
-        # fixed shape: at most 14 keys of short names with numbers, plus the path and ids
-        self.recorder.ring.record_owned(
-            event, _PHASE_EVENT_BYTES + len(phase.path_text) + len(phase.scope_id)
-            + len(phase.error or ""))
+        allocator = entry.allocator if entry is not None else None
+        compact = (
+            phase.path_text, phase.scope_id, phase.start_ns, phase.end_ns,
+            entry.rss if entry is not None else None,
+            allocator.device if allocator is not None else None,
+            allocator.allocated if allocator is not None else None,
+            allocator.reserved if allocator is not None else None,
+            figures.rss_end if figures is not None else None,
+            figures.rss_peak if figures is not None else None,
+            figures.allocated_end if figures is not None else None,
+            figures.allocated_peak if figures is not None else None,
+            figures.retained if figures is not None else None,
+            phase.error,
+        )
+        size = (_PHASE_EVENT_BYTES + len(phase.path_text) + len(phase.scope_id)
+                + len(phase.error or ""))
+        ring = self.recorder.ring
+        if size <= ring.max_bytes_per_event:
+            ring.record_rendered(compact, render_phase_end, size, phase.end_ns / 1e9)
+        else:  # a huge path: the ring truncates it like any oversized event
+            ring.record_owned(render_phase_end(compact))
         if self.breadcrumbs is not None:
             self.breadcrumbs.flush()
 

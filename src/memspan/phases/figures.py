@@ -42,10 +42,11 @@ class EntryFigures:
         "rss_tick",
     )
 
-    def __init__(self) -> None:
-        self.rss: int | None = None
-        self.maxrss: int | None = None
-        self.rss_tick = 0
+    def __init__(self, rss: int | None = None, maxrss: int | None = None,
+                 rss_tick: int = 0) -> None:
+        self.rss = rss
+        self.maxrss = maxrss
+        self.rss_tick = rss_tick
         self.allocator: AllocatorFigures | None = None
         self.device_index = 0
         self.allocated_history: MaxHistory | None = None
@@ -65,10 +66,12 @@ class ExitFigures:
                  "primary_peak", "primary_start", "reserved_end", "reserved_peak", "retained",
                  "rss_end", "rss_peak")
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, rss_end: int | None = None,
+                 rss_peak: int | None = None) -> None:
+        """``rss_peak`` is also the primary peak until allocator figures replace it."""
         self.device = device
-        self.rss_end: int | None = None
-        self.rss_peak: int | None = None
+        self.rss_end = rss_end
+        self.rss_peak = rss_peak
         self.allocated_end: int | None = None
         self.allocated_peak: int | None = None
         self.reserved_end: int | None = None
@@ -77,7 +80,7 @@ class ExitFigures:
         self.retained: int | None = None
         self.primary_start: int | None = None
         self.primary_end: int | None = None
-        self.primary_peak: int | None = None
+        self.primary_peak: int | None = rss_peak
 
     def add_attributes(self, attributes: dict[str, Any]) -> None:
         """Add the ``.end``/``.peak`` figures, ``peak_exact`` and ``retained`` to a span's."""
@@ -170,16 +173,15 @@ class BoundaryReader:
                          f"({type(error).__name__}: {error}); its figures are left out")
 
     def entry(self) -> EntryFigures:
-        figures = EntryFigures()
+        rss = maxrss = None
         host = self._host
         if host is not None:
             try:
-                figures.rss = host.rss_bytes()
-                figures.maxrss = host.peak_rss_bytes()
+                rss, maxrss = host.rss_and_peak()
             except Exception as error:
                 self._failed("host memory", error)
-            if self._rss_history is not None:
-                figures.rss_tick = self._rss_history.tick
+        history = self._rss_history
+        figures = EntryFigures(rss, maxrss, history.tick if history is not None else 0)
         torch = self._torch
         if torch is not None:
             try:
@@ -218,8 +220,7 @@ class BoundaryReader:
         rss = maxrss = None
         if self._host is not None:
             try:
-                rss = self._host.rss_bytes()
-                maxrss = self._host.peak_rss_bytes()
+                rss, maxrss = self._host.rss_and_peak()
             except Exception as error:
                 self._failed("host memory", error)
         rss_peak, rss_exact = phase_peak(
@@ -233,8 +234,7 @@ class BoundaryReader:
             except Exception as error:
                 self._failed("the torch allocator", error)
         if begin is not None and end is not None:
-            figures = ExitFigures(begin.device)
-            figures.rss_end, figures.rss_peak = rss, rss_peak
+            figures = ExitFigures(begin.device, rss, rss_peak)
             alloc_peak, figures.peak_exact = phase_peak(
                 begin.allocated, end.allocated, begin.allocated_peak, end.allocated_peak,
                 start.allocated_history, start.allocated_tick,
@@ -249,9 +249,7 @@ class BoundaryReader:
             figures.primary_start, figures.primary_end = begin.allocated, end.allocated
             figures.primary_peak = alloc_peak
             return figures
-        figures = ExitFigures("host")
-        figures.rss_end, figures.rss_peak = rss, rss_peak
-        figures.primary_peak = rss_peak
+        figures = ExitFigures("host", rss, rss_peak)
         if rss_peak is not None and start.rss is not None and rss is not None:
             figures.peak_exact = rss_exact
             figures.retained = rss - start.rss

@@ -58,36 +58,50 @@ class PhaseHistograms:
     def __init__(self, duration: Histogram, peak: Histogram, *, direct: bool = True) -> None:
         self._duration = duration
         self._peak = peak
-        self._attributes: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._series_cache: dict[tuple[str, str], _Series] = {}
         self._direct_duration = DirectAggregation(duration) if direct else None
         self._direct_peak = DirectAggregation(peak) if direct else None
 
-    def _series(self, path: str, device: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        attributes = self._attributes.get((path, device))
-        if attributes is None:
-            if len(self._attributes) >= _MAX_SERIES:
-                self._attributes.clear()
-            attributes = ({names.PHASE_PATH: path},
-                          {names.PHASE_PATH: path, names.MEMORY_DEVICE: device})
-            self._attributes[(path, device)] = attributes
-        return attributes
+    def _series(self, path: str, device: str) -> _Series:
+        series = self._series_cache.get((path, device))
+        if series is None:
+            if len(self._series_cache) >= _MAX_SERIES:
+                self._series_cache.clear()
+            series = _Series(path, device)
+            self._series_cache[(path, device)] = series
+        return series
 
     def record_batch(self, samples: Sequence[PhaseSample]) -> None:
         """Record every sample; exemplar contexts for the last one per series and bucket."""
+        if not samples:
+            return
         offered: set[tuple[Any, ...]] = set()
         key: tuple[Any, ...]
+        direct_duration, direct_peak = self._direct_duration, self._direct_peak
+        duration_generation = direct_duration.refresh() if direct_duration is not None else -1
+        peak_generation = direct_peak.refresh() if direct_peak is not None else -1
+        duration_value = _Recorded(0.0, self._duration)
+        peak_value = _Recorded(0, self._peak)
         for duration_s, peak, path, device, span_context in reversed(samples):
-            by_path, by_device = self._series(path, device)
+            series = self._series(path, device)
             context = _EMPTY
             if span_context is not None:
                 key = (path, bisect_left(SECOND_BUCKETS, duration_s))
                 if key not in offered:
                     offered.add(key)
                     context = _link(span_context)
-            if context is _EMPTY and self._direct_duration is not None:
-                self._direct_duration.record(duration_s, by_path)
+            if context is _EMPTY and direct_duration is not None:
+                if series.duration_generation == duration_generation:
+                    duration_value.value = duration_s
+                    for aggregation in series.duration_aggregations:
+                        aggregation.aggregate(duration_value, False)
+                else:
+                    found = direct_duration.record_first(duration_s, series.by_path)
+                    if found is not None:
+                        series.duration_aggregations = found
+                        series.duration_generation = duration_generation
             else:
-                self._duration.record(duration_s, by_path, context=context)
+                self._duration.record(duration_s, series.by_path, context=context)
             if peak is None:
                 continue
             peak_context = _EMPTY
@@ -96,10 +110,34 @@ class PhaseHistograms:
                 if key not in offered:
                     offered.add(key)
                     peak_context = context if context is not _EMPTY else _link(span_context)
-            if peak_context is _EMPTY and self._direct_peak is not None:
-                self._direct_peak.record(peak, by_device)
+            if peak_context is _EMPTY and direct_peak is not None:
+                if series.peak_generation == peak_generation:
+                    peak_value.value = peak
+                    for aggregation in series.peak_aggregations:
+                        aggregation.aggregate(peak_value, False)
+                else:
+                    found = direct_peak.record_first(peak, series.by_device)
+                    if found is not None:
+                        series.peak_aggregations = found
+                        series.peak_generation = peak_generation
             else:
-                self._peak.record(peak, by_device, context=peak_context)
+                self._peak.record(peak, series.by_device, context=peak_context)
+
+
+class _Series:
+    """One phase path on one device: its attribute dicts and, once found, the SDK
+    aggregations each histogram records into (valid for one reader generation)."""
+
+    __slots__ = ("by_device", "by_path", "duration_aggregations", "duration_generation",
+                 "peak_aggregations", "peak_generation")
+
+    def __init__(self, path: str, device: str) -> None:
+        self.by_path: dict[str, Any] = {names.PHASE_PATH: path}
+        self.by_device: dict[str, Any] = {names.PHASE_PATH: path, names.MEMORY_DEVICE: device}
+        self.duration_aggregations: list[Any] = []
+        self.peak_aggregations: list[Any] = []
+        self.duration_generation = -2  # never a valid generation: found on first record
+        self.peak_generation = -2
 
 
 def _link(span_context: SpanContext) -> Context:
@@ -112,43 +150,41 @@ class DirectAggregation:
     The SDK's ``Histogram.record`` validates the attributes, builds a measurement, asks the
     exemplar filter, hashes the attributes and finds the aggregation of every reader on each
     call (about 7 µs here); the aggregation itself costs about 1 µs. For a series seen before,
-    this keeps the aggregations of every reader and calls their ``aggregate`` directly with a
-    measurement carrying no context (so no exemplar is offered, as with an empty context).
+    the caller keeps the aggregations of every reader (found by :meth:`record_first`) and
+    calls their ``aggregate`` directly with a measurement carrying no context (so no exemplar
+    is offered, as with an empty context).
 
     Used only where it provably does what ``record`` does: the SDK's synchronous measurement
     consumer, cumulative storage (delta storage replaces its aggregations at each collection),
     no view that filters attributes, and a series key the SDK itself would compute. Anything
-    else, including a reader added later, goes through ``record`` (the first record of every
-    series always does, so the SDK creates the aggregations). Otherwise results are identical.
+    else goes through ``record`` (the first record of every series always does, so the SDK
+    creates the aggregations). A reader added or removed changes :meth:`refresh`'s
+    generation, which invalidates every kept aggregation. Otherwise results are identical.
     """
 
     def __init__(self, histogram: Histogram) -> None:
         self._histogram = histogram
-        self._series: dict[tuple[Any, ...], list[Any]] = {}
         self._storages: object = None
+        self._generation = 0
         self._usable = otel_internals.has_measurement_consumer(histogram)
 
-    def record(self, value: float, attributes: dict[str, Any]) -> None:
+    def refresh(self) -> int:
+        """The current reader generation (once per batch); -1 when direct records are off."""
         if not self._usable:
-            self._histogram.record(value, attributes, context=_EMPTY)
-            return
-        key = tuple(attributes.items())
+            return -1
         storages = otel_internals.histogram_reader_storages(self._histogram)
         if storages is not self._storages:  # readers added or removed: find them again
             self._storages = storages
-            self._series.clear()
-        aggregations = self._series.get(key)
-        if aggregations is None:
-            self._histogram.record(value, attributes, context=_EMPTY)
-            found = self._find(attributes)
-            if found is not None:
-                if len(self._series) >= _MAX_SERIES:
-                    self._series.clear()
-                self._series[key] = found
-            return
-        measurement = _Recorded(value, self._histogram)
-        for aggregation in aggregations:
-            aggregation.aggregate(measurement, False)
+            self._generation += 1
+        return self._generation
+
+    def record_first(self, value: float, attributes: dict[str, Any]) -> list[Any] | None:
+        """Record through the SDK; return the series' aggregations for direct records
+        (None: not provable here, keep recording through the SDK)."""
+        self._histogram.record(value, attributes, context=_EMPTY)
+        if not self._usable:
+            return None
+        return self._find(attributes)
 
     def _find(self, attributes: dict[str, Any]) -> list[Any] | None:
         """Every reader's aggregation of this series, or None where any is not provable."""
