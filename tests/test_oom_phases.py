@@ -335,3 +335,25 @@ def test_phase_end_ring_events_stay_within_their_declared_size(telemetry: Teleme
         bound = (_PHASE_EVENT_BYTES + len(event["path"]) + len(event["scope_id"])
                  + len(event.get("error", "")))
         assert len(json.dumps(payload, separators=(",", ":"))) <= bound
+
+
+def test_phase_end_events_carry_when_the_phase_ended_not_when_the_worker_saw_it(
+        telemetry: Telemetry) -> None:
+    """Three steps 50 ms apart, all handed to the ring in one batch: each ``phase_end``
+    event's ``ts`` is its own phase's end (what ``memspan dumps show`` draws offsets from)."""
+    tracker = telemetry.tracker
+    ends = []
+    for step in range(3):
+        with tracker.phase("step", {"step": step}):
+            pass
+        ends.append(time.time())
+        time.sleep(0.05)
+    tracker.flush()
+    events = [e for e in tracker.flight_recorder.recorder.ring.snapshot()
+              if e.get("type") == "phase_end"]
+    assert len(events) == 3
+    for event, ended_by in zip(events, ends, strict=True):
+        assert event["ts"] == pytest.approx(event["end"], abs=1e-6)
+        assert ended_by - 0.01 <= event["ts"] <= ended_by
+    gaps = [b["ts"] - a["ts"] for a, b in zip(events, events[1:], strict=False)]
+    assert all(gap >= 0.045 for gap in gaps), gaps
