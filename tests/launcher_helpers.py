@@ -63,6 +63,39 @@ def memspan_run(cwd: Path, *args: str, env: Mapping[str, str] | None = None,
                      timeout=timeout)
 
 
+def resource_lines(path: Path, kind: str = "resourceSpans") -> list[tuple[dict[str, Any],
+                                                                        dict[str, Any]]]:
+    """(resource attributes as plain values, scope record) of every scope in an OTLP JSON
+    lines file (``kind``: ``resourceSpans`` or ``resourceMetrics``); [] when it is missing."""
+    if not path.exists():
+        return []
+    scopes = "scopeSpans" if kind == "resourceSpans" else "scopeMetrics"
+    out = []
+    for line in path.read_text().splitlines():
+        for resource in json.loads(line).get(kind, []):
+            values = attrs(resource.get("resource", {}).get("attributes", []))
+            out.extend((values, scope) for scope in resource.get(scopes, []))
+    return out
+
+
+def phase_services(out_dir: Path) -> dict[str, set[str]]:
+    """Span name -> the ``service.name`` values its spans were exported with."""
+    found: dict[str, set[str]] = {}
+    for resource, scope in resource_lines(out_dir / "traces.jsonl"):
+        for span in scope["spans"]:
+            found.setdefault(span["name"], set()).add(resource.get("service.name"))
+    return found
+
+
+def metric_services(out_dir: Path) -> dict[str, set[str]]:
+    """Metric name -> the ``service.name`` values it was exported with."""
+    found: dict[str, set[str]] = {}
+    for resource, scope in resource_lines(out_dir / "metrics.jsonl", "resourceMetrics"):
+        for metric in scope["metrics"]:
+            found.setdefault(metric["name"], set()).add(resource.get("service.name"))
+    return found
+
+
 def run_spans(out_dir: Path) -> list[dict[str, Any]]:
     spans = []
     for line in (out_dir / "traces.jsonl").read_text().splitlines():

@@ -1,10 +1,12 @@
-"""MemspanInstrumentor in code: explicit providers, and uninstrument() taking everything off."""
+"""MemspanInstrumentor in code: explicit providers, and uninstrument() taking everything off;
+under a real ``opentelemetry-instrument``, the service name of a job nobody named."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from torch import nn
 
 import memspan
-from launcher_helpers import clean_env, run_python
+from launcher_helpers import (
+    clean_env,
+    metric_services,
+    phase_services,
+    run_instrumented,
+    run_python,
+)
 from memspan import MemspanConfig, bootstrap, names
 from memspan.drops import PROCESS_LEDGER
 from memspan.instrumentor import MemspanInstrumentor
@@ -147,3 +155,22 @@ def test_uninstrument_leaves_adopted_global_providers_running() -> None:
     result = run_python(script, env=clean_env(MEMSPAN_QUIET="true"))
     assert result.returncode == 0, result.stderr
     assert "['still-exported']" in result.stdout
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ({}, "nightly_job"),  # the script's name, as memspan run names its child
+    ({"OTEL_SERVICE_NAME": "svc"}, "svc"),
+    ({"OTEL_RESOURCE_ATTRIBUTES": "team=ml,service.name=res"}, "res"),
+], ids=["script-name", "otel-service-name", "resource-attributes"])
+def test_service_name_under_opentelemetry_instrument_falls_back_to_the_script(
+        tmp_path: Path, extra: dict[str, str], expected: str) -> None:
+    # the distro's configurator builds the providers before memspan loads
+    script = tmp_path / "nightly_job.py"
+    script.write_text("import memspan\nwith memspan.phase('work'):\n    pass\n")
+    env = clean_env(OTEL_TRACES_EXPORTER="memspan_file", OTEL_METRICS_EXPORTER="memspan_file",
+                    OTEL_LOGS_EXPORTER="none", MEMSPAN_OUTPUT_DIR="out", MEMSPAN_QUIET="true",
+                    **extra)
+    result = run_instrumented(script, tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert phase_services(tmp_path / "out")["work"] == {expected}
+    assert metric_services(tmp_path / "out")["process.memory.usage"] == {expected}

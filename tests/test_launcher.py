@@ -1,9 +1,11 @@
-"""memspan run: exit classification, memory sizes, and a real SIGKILLed child."""
+"""memspan run: exit classification, memory sizes, a real SIGKILLed child, and a child whose
+python lacks memspan."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -157,9 +159,31 @@ def test_run_passes_the_exit_status_through(tmp_path: Path) -> None:
     result = memspan_run(tmp_path, "--", sys.executable, "-c", "import sys; sys.exit(3)")
     assert result.returncode == 3
     assert "exited with status 3" in result.stderr
+    assert "uninstrumented" not in result.stderr  # this python has memspan
 
 
 def test_run_rejects_a_bad_memory_limit(tmp_path: Path) -> None:
     result = memspan_run(tmp_path, "--memory-limit", "g", "--", sys.executable, "-c", "pass")
     assert result.returncode == 2
     assert "invalid memory size 'g'" in result.stderr
+
+
+def test_run_with_a_python_that_lacks_memspan_says_so_and_runs_the_job(tmp_path: Path) -> None:
+    venv = tmp_path / "bare"  # a virtual environment without memspan (nor OpenTelemetry)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    job = ("import os, subprocess, sys; subprocess.run([sys.executable, '-c', 'pass']); "
+           "print('job ran', os.environ['PYTHONPATH'].split(os.pathsep)[0])")
+    result = memspan_run(tmp_path, "--", python, "-c", job)
+    assert result.returncode == 0, result.stderr
+    assert "job ran" in result.stdout  # the job itself is untouched
+    assert "Error in sitecustomize" not in result.stderr and "Traceback" not in result.stderr
+    # at its start, once for that interpreter (its subprocess says nothing more)...
+    started = [line for line in result.stderr.splitlines() if "without memspan" in line]
+    assert len(started) == 1 and python in started[0], result.stderr
+    # ...and in the summary, in place of a bare "exited normally"
+    (summary,) = [line for line in result.stderr.splitlines() if "exited normally" in line]
+    assert f"{python} (No module named 'memspan') cannot run memspan" in summary
+    assert "ran uninstrumented" in summary
+    site = result.stdout.split("job ran ", 1)[1].strip()
+    assert os.path.basename(site).startswith("memspan-run-") and not os.path.exists(site)

@@ -26,11 +26,48 @@ Invariants:
   :class:`~memspan.config.ConfigError` naming it, raised by :func:`configure`.
 - Unless ``MEMSPAN_QUIET`` is true, one line on stderr says where telemetry goes (not repeated
   by multiprocessing workers).
+
+A ``configure()`` after the session started:
+
+- Under ``opentelemetry-instrument`` or ``memspan run`` the installation starts before the
+  script runs (:func:`instrument`, from sitecustomize). The script's own first
+  ``configure()`` (the README's quick start) **joins** it: no warning, the same tracker is
+  returned, and the user's settings are merged into the running session. It joins rather
+  than replacing the installation because replacing loses telemetry: the providers were
+  built before the script ran (by the OpenTelemetry configurator, or by memspan from the
+  ``OTEL_*`` variables), they are the global ones, which OpenTelemetry lets no one replace
+  and other instrumentations already hold tracers of; and a second tracker on the same
+  meter provider registers the same observable instruments again, which the SDK answers
+  with the first tracker's (silenced) ones.
+- What is merged: ``service_name`` and ``job_id`` rename the resource of the providers
+  memspan or the auto-instrumentation set up, for everything they emit from then on (as
+  the SDK updates it after a fork); the bundle settings (``dump_dir``, ``oom_enabled``,
+  ``max_dumps``, ``max_total_mb``), ``reports_dir`` and ``quiet`` apply at once
+  (:data:`memspan.tracker.Tracker.LIVE_SETTINGS`). What the providers or the running session
+  were built with keeps its running value: ``output_dir``, ``output_max_mb`` and
+  ``export_interval_s`` (the exporters' files and readers), the sampling, buffer, span-mode
+  and step settings, ``dump_dir`` while breadcrumbs are on (``memspan run`` reads them
+  where it put them), a resource of providers the user made, providers passed in. One
+  warning line names each setting that kept its running value, that value, and the
+  variable or option that sets it for the run; none when everything applied.
+- A phase opened before ``configure()`` starts an implicit session on the global
+  providers. Where those are the providers ``configure()`` would use anyway (someone set
+  global providers), ``configure()`` joins that session the same way, so a phase open
+  around the call keeps its span. Otherwise ``configure()`` builds the providers and a new
+  session (registering its instruments before the providers become global, so the
+  implicit session's instruments cannot shadow them) and the implicit session ends. A
+  phase still open in the caller's context (a ``@memspan.phase`` function that calls
+  ``configure()``) is kept where it can be, on the session it opened in; one that opened
+  before any provider was set (an invalid span context) was never recorded and cannot be.
+  One warning names such phases, what becomes of them, and the fix (``configure()`` before
+  the phase opens).
+- The user's second explicit ``configure()`` warns and changes nothing, as before.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import sys
@@ -49,14 +86,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from memspan import environment_variables as ev
-from memspan import otel_internals, otel_names
+from memspan import names, otel_internals, otel_names
 from memspan.analysis.thresholds import LeakThresholds
 from memspan.config import ConfigError, MemspanConfig
 from memspan.drops import PROCESS_LEDGER, DropLedger
 from memspan.export.counting import CountingBatchSpanProcessor
 from memspan.export.destination import exporters_of, startup_line
 from memspan.export.embedded import EmbeddedOutput, build_embedded_output, span_limits
-from memspan.resource import build_resource
+from memspan.resource import build_resource, fallback_service_name, is_default_service_name
 from memspan.tracker import Tracker, default_tracker_if_any, set_default_tracker
 
 _logger = logging.getLogger(__name__)
@@ -88,6 +125,11 @@ class Installation:
     providers: Providers
     #: called first on shutdown (the instrumentor's torch patches)
     on_shutdown: list[Callable[[], object]] = field(default_factory=list)
+    #: the user's own ``configure()`` ran (False while only the auto-instrumentation started
+    #: it: the next ``configure()`` joins it without a warning)
+    configured: bool = True
+    #: when the session started, as the warning of a joining ``configure()`` says it
+    origin: str = "at memspan.configure()"
 
 
 _installation: Installation | None = None
@@ -122,27 +164,189 @@ def configure(
     """Start memspan for this process and return the default :class:`Tracker`.
 
     ``settings`` are :class:`MemspanConfig` fields (``output_dir="runs/a"``,
-    ``sample_interval_s=0.05``...) and override ``MEMSPAN_*`` variables. Calling it again
+    ``sample_interval_s=0.05``...) and override ``MEMSPAN_*`` variables. Under
+    ``opentelemetry-instrument`` or ``memspan run``, or after a phase opened on the global
+    providers, it joins the running session (see the module docstring). Calling it again
     returns the running tracker (with a warning when the arguments differ); call
     :func:`shutdown` first to start over. Raises :class:`ConfigError` for a bad setting.
     """
     global _installation
+    asked = bool(settings or config or tracer_provider or meter_provider or service_name)
+    notices: list[str | None] = []
     with _lock:
-        if _installation is not None:
-            if settings or config or tracer_provider or meter_provider or service_name:
+        running = _installation
+        if running is not None and running.configured:
+            if asked:
                 _logger.warning("memspan.configure() was already called; "
                                 "call memspan.shutdown() before configuring again")
-            return _installation.tracker
+            return running.tracker
         cfg = config if config is not None else MemspanConfig.from_env(**settings)
-        if tracer_provider is not None or meter_provider is not None:
-            providers = Providers("explicit", PROCESS_LEDGER)
+        given = tracer_provider is not None or meter_provider is not None
+        # the auto-instrumentation announced its own start; a session configure() starts
+        # or adopts is announced now
+        announce = running is None
+        implicit = default_tracker_if_any() if running is None else None
+        if running is None and implicit is not None and not given and _joinable(implicit):
+            running = _adopt(implicit)  # it reports to the providers configure() would use
+        if running is not None:
+            running.configured = True
+            asked_for = set(settings) if config is None else {
+                item.name for item in dataclasses.fields(MemspanConfig)}
+            notices += [_open_phases_notice(running.tracker, replaced=False),
+                        _join(running, cfg, asked_for, service_name, given)]
+            installation = running
         else:
-            providers = install_providers(cfg, service_name)
-            if _globals_retired() and len(providers.owned) == 2:  # not global: pass them
-                tracer_provider, meter_provider = providers.owned
-        installation = _start(cfg, providers, tracer_provider, meter_provider, None)
-    _announce(installation)
+            if implicit is not None:
+                notices.append(_open_phases_notice(implicit, replaced=True))
+            if given:
+                providers = Providers("explicit", PROCESS_LEDGER)
+            else:
+                providers = install_providers(cfg, service_name, make_global=False)
+                if len(providers.owned) == 2:
+                    tracer_provider, meter_provider = providers.owned
+            installation = _start(cfg, providers, tracer_provider, meter_provider, None)
+            if not given and len(providers.owned) == 2:
+                # global only now: the implicit session's instruments, waiting on the API's
+                # placeholder provider, then find this session's instead of shadowing them
+                _set_globals(*providers.owned)
+    for notice in notices:
+        if notice is not None:
+            _logger.warning(notice)
+    if announce:
+        _announce(installation)
     return installation.tracker
+
+
+def _joinable(tracker: Tracker) -> bool:
+    """Whether a session started by a phase before ``configure()`` already reports where
+    ``configure()`` would send telemetry: the global providers someone set (step 2)."""
+    return (tracker.uses_global_providers and global_providers_set()
+            and not _globals_retired())
+
+
+def _adopt(tracker: Tracker) -> Installation:
+    """Make the implicit session the installation, as :func:`_start` would have built it."""
+    global _installation
+    tracker.flight_recorder.install_excepthooks()
+    tracker.oom_counter.add(0)
+    providers = Providers("global", PROCESS_LEDGER, destinations=exporters_of(
+        trace.get_tracer_provider(), metrics.get_meter_provider()))
+    installation = Installation(tracker, providers, origin="when the first phase opened")
+    _installation = installation
+    return installation
+
+
+#: settings of the embedded output's exporters and readers (fixed with the providers)
+_EXPORT_SETTINGS = frozenset({"output_dir", "output_max_mb", "export_interval_s"})
+#: the ``memspan run`` option of a setting, where it has one
+_RUN_OPTIONS = {"output_dir": "memspan run --output-dir", "dump_dir": "memspan run --dump-dir"}
+
+
+def _join(installation: Installation, requested: MemspanConfig, asked_for: set[str],
+          service_name: str | None, providers_given: bool) -> str | None:
+    """Merge the settings the user asked for (``asked_for``: the keywords, or every field of a
+    ``config`` passed in) into the running session (the module docstring says what applies);
+    the one warning naming what kept its running value, or None."""
+    tracker = installation.tracker
+    running = tracker.config
+    applied: dict[str, Any] = {}
+    kept: list[str] = []
+    for item in dataclasses.fields(MemspanConfig):
+        setting = item.name
+        if setting not in asked_for:
+            continue
+        wanted, current = getattr(requested, setting), getattr(running, setting)
+        if wanted == current:
+            continue
+        if setting == "dump_dir" and running.breadcrumbs:
+            kept.append(_kept(setting, wanted, current, "memspan run reads this process's "
+                                                        "breadcrumbs there after the job"))
+        elif setting in Tracker.LIVE_SETTINGS:
+            applied[setting] = wanted
+        elif setting in _EXPORT_SETTINGS:
+            kept.append(_kept(setting, wanted, current,
+                              "the exporters were chosen when the session started"))
+        else:
+            kept.append(_kept(setting, wanted, current, "the session was built with it"))
+    renames: dict[str, Any] = {}
+    if service_name:
+        renames[names.SERVICE_NAME] = service_name
+    if applied.get("job_id"):
+        renames[names.JOB_ID] = applied["job_id"]
+    renamed = bool(renames) and _rename(installation, renames)
+    if renames and not renamed:
+        refused = {"service_name": service_name, "job_id": applied.pop("job_id", None)}
+        for setting, value in refused.items():
+            if value:
+                kept.append(f"{setting}={value!r} is not applied (the providers in use are "
+                            "neither memspan's nor the auto-instrumentation's: their resource "
+                            "names the service)")
+    if providers_given:
+        kept.append("tracer_provider/meter_provider are not used (the session keeps the "
+                    "providers it started with)")
+    if applied:
+        tracker.update_settings(**applied)
+    if not kept:
+        return None
+    took = [f"{setting}={value!r}" for setting, value in sorted(applied.items())]
+    if renamed and service_name:
+        took.insert(0, f"service_name={service_name!r}")
+    return (f"memspan: configure() joined the session that started {installation.origin} "
+            f"(one per process): {'; '.join(kept)}"
+            + (f"; applied: {', '.join(took)}" if took else ""))
+
+
+def _kept(setting: str, wanted: Any, current: Any, why: str) -> str:
+    variable = ev.settings()[setting].name
+    where = f"{variable}" + (f" or {_RUN_OPTIONS[setting]}" if setting in _RUN_OPTIONS else "")
+    return f"{setting} stays {current!r}, not {wanted!r} ({why}; set {where} instead)"
+
+
+def _rename(installation: Installation, attributes: Mapping[str, Any]) -> bool:
+    """Merge ``attributes`` over the resource of the providers memspan or the
+    auto-instrumentation set up (never those the user made); False where there are none."""
+    mode = installation.providers.mode
+    if mode in ("explicit", "global"):
+        return False
+    if mode == "instrumented":  # the configurator's: its logs carry the same resource
+        providers = [trace.get_tracer_provider(), metrics.get_meter_provider(),
+                     otel_internals.global_logger_provider()]
+    else:
+        providers = list(installation.providers.owned)
+    resource = Resource(dict(attributes))
+    updated = [otel_internals.update_resource(p, resource) for p in providers if p is not None]
+    return any(updated)
+
+
+def _open_phases_notice(session: Tracker, *, replaced: bool) -> str | None:
+    """The warning for phases open in the current context on a session ``configure()``
+    replaces (``replaced``) or joins, that the user would otherwise not find in the output:
+    those opened before any provider was set (an invalid span context: they were never
+    recorded), and on a replaced session every one (they end there, without the new
+    settings). None when there are none (see the module docstring)."""
+    open_phases = session.open_phases()
+    lost = [p for p in open_phases if not p.get_span_context().is_valid]
+    elsewhere = [p for p in open_phases if p.get_span_context().is_valid] if replaced else []
+    if not lost and not elsewhere:
+        return None
+    parts = []
+    if lost:
+        one = len(lost) == 1
+        parts.append(f"{_phase_list(lost)} opened before memspan.configure() and "
+                     f"{'is' if one else 'are'} not exported: opened before any OpenTelemetry "
+                     f"provider was set, {'it was' if one else 'they were'} never recorded")
+    if elsewhere:
+        one = len(elsewhere) == 1
+        parts.append(f"{_phase_list(elsewhere)} opened before memspan.configure() and "
+                     f"{'ends' if one else 'end'} on the session {'it' if one else 'they'} "
+                     "opened in, without configure()'s settings")
+    return (f"memspan: {'; '.join(parts)}; call memspan.configure() before the phase opens "
+            "(at the top of the script, not inside a @memspan.phase(...) function)")
+
+
+def _phase_list(phases: list[Any]) -> str:
+    shown = ", ".join(repr(p.path_text) for p in phases)
+    return f"{'phase' if len(phases) == 1 else 'phases'} {shown}"
 
 
 def instrument(config: MemspanConfig, tracer_provider: Any, meter_provider: Any,
@@ -161,11 +365,35 @@ def instrument(config: MemspanConfig, tracer_provider: Any, meter_provider: Any,
             providers = Providers("explicit", PROCESS_LEDGER)
         elif global_providers_set():
             providers = adopt_global_providers()
+            name_unnamed_service()
         else:
-            providers = install_providers(config, None)
+            providers = install_providers(config, None, make_global=False)
+            if len(providers.owned) == 2:
+                tracer_provider, meter_provider = providers.owned
         installation = _start(config, providers, tracer_provider, meter_provider, thresholds)
+        if providers.mode in ("embedded", "environment"):
+            _set_globals(*providers.owned)  # after the tracker registered its instruments
+        installation.configured = False  # the script's own configure() joins it
+        installation.origin = "before the script ran"
     _announce(installation)
     return installation
+
+
+def name_unnamed_service() -> None:
+    """Give the global providers the auto-instrumentation built the script's name as
+    ``service.name`` where the SDK left its placeholder (``unknown_service:python3``) and
+    neither ``OTEL_SERVICE_NAME`` nor ``OTEL_RESOURCE_ATTRIBUTES`` names the service: the
+    name ``memspan run`` gives its child. Runs before the script, so everything the providers
+    emit carries it; a provider whose resource cannot be updated keeps the placeholder."""
+    name = fallback_service_name()
+    if name is None:
+        return
+    resource = Resource({names.SERVICE_NAME: name})
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(),
+                     otel_internals.global_logger_provider()):
+        current = otel_internals.provider_resource(provider)
+        if isinstance(current, Resource) and is_default_service_name(current):
+            otel_internals.update_resource(provider, resource)
 
 
 def _start(cfg: MemspanConfig, providers: Providers, tracer_provider: Any, meter_provider: Any,
@@ -211,12 +439,15 @@ def _multiprocessing_child() -> bool:
                for arg in argv)
 
 
-def install_providers(cfg: MemspanConfig, service_name: str | None) -> Providers:
+def install_providers(cfg: MemspanConfig, service_name: str | None, *,
+                      make_global: bool = True) -> Providers:
     """Steps 2-4 of the module docstring: reuse globals, follow ``OTEL_*``, or embed.
 
     Global providers memspan itself installed and shut down (``configure()`` after
     ``shutdown()``) are not reused: OpenTelemetry's globals cannot be replaced, so the new
-    providers are passed to the new tracker instead of being made global.
+    providers are passed to the new tracker instead of being made global. With
+    ``make_global=False`` the providers it builds (``owned``) are not made global yet: the
+    caller does, with :func:`_set_globals`, once its tracker is built on them.
     """
     ledger = PROCESS_LEDGER
     if global_providers_set() and not _globals_retired():
@@ -225,7 +456,8 @@ def install_providers(cfg: MemspanConfig, service_name: str | None) -> Providers
     resource = build_resource(service_name, cfg.job_id)
     if user_configured_exporters():
         tracer, meter = providers_from_environment(resource, ledger)
-        _set_globals(tracer, meter)
+        if make_global:
+            _set_globals(tracer, meter)
         return Providers("environment", ledger, owned=[tracer, meter],
                          destinations=exporters_of(tracer, meter))
     try:
@@ -240,7 +472,8 @@ def install_providers(cfg: MemspanConfig, service_name: str | None) -> Providers
         raise ConfigError(f"{ev.MEMSPAN_OUTPUT_DIR}={cfg.output_dir!r} is not usable: "
                           f"{error.strerror or error}; "
                           f"{ev.variable(ev.MEMSPAN_OUTPUT_DIR).accepted()}") from None
-    _set_globals(embedded.tracer_provider, embedded.meter_provider)
+    if make_global:
+        _set_globals(embedded.tracer_provider, embedded.meter_provider)
     return Providers("embedded", ledger, embedded,
                      [embedded.tracer_provider, embedded.meter_provider],
                      destinations=[f"files in {embedded.directory} (traces.jsonl, "

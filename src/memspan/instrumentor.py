@@ -8,7 +8,11 @@ default tracker runs on the providers the auto-instrumentation configured (or th
 passed in; with no distro installed, nobody configured any, and it sets them up as
 ``memspan.configure()`` would), and memspan's bounded exit replaces the SDK's. It installs
 the torch auto phases (lazily, when torch is imported) unless ``MEMSPAN_AUTO_PHASES=false``,
-and chains the exception hooks. ``uninstrument()`` shuts that installation down: it removes
+and chains the exception hooks. Where the SDK left ``service.name`` at its placeholder
+(``unknown_service:python3``) and no variable names the service, the configurator's
+providers are named after the script (:func:`memspan.bootstrap.name_unnamed_service`). The
+script's own ``memspan.configure()`` later joins this installation (no warning; see
+:mod:`memspan.bootstrap`). ``uninstrument()`` shuts that installation down: it removes
 every torch patch, stops the sampler, restores the hooks and silences the observable
 callbacks (the SDK cannot unregister them); global providers that the auto-instrumentation
 built keep running, with their own exit handlers back.

@@ -223,6 +223,41 @@ def _series_key_function() -> Callable[[Any], Any] | None:
 hash_attributes: Callable[[Any], Any] | None = _series_key_function()
 
 
+# -- resources --------------------------------------------------------------------------------
+def update_resource(provider: object, resource: Any) -> bool:
+    """Merge ``resource`` over an SDK provider's resource, for everything it emits from now on
+    (``_update_resource``: what the SDK's tracer, meter and logger providers do after a fork,
+    updating the tracers and loggers they handed out). False where the provider has none (not
+    the SDK's): its resource stays as it is, and the caller says so."""
+    update = getattr(provider, "_update_resource", None)
+    if not callable(update):
+        return False
+    try:
+        update(resource)
+    except Exception:  # another shape than the SDK's: leave the resource alone
+        return False
+    return True
+
+
+def provider_resource(provider: object) -> Any:
+    """An SDK provider's resource: ``resource`` of a tracer or logger provider, the SDK
+    configuration's (``_sdk_config.resource``) of a meter provider; None when it has none."""
+    resource = getattr(provider, "resource", None)
+    if resource is None:
+        resource = getattr(getattr(provider, "_sdk_config", None), "resource", None)
+    return resource
+
+
+def global_logger_provider() -> object:
+    """The global logger provider (``opentelemetry._logs``, the API's logs module, whose name
+    is still private); None where the API has none."""
+    try:
+        from opentelemetry import _logs
+    except ImportError:  # pragma: no cover - every supported API has it
+        return None
+    return _logs.get_logger_provider()
+
+
 # -- exit handlers ----------------------------------------------------------------------------
 def has_sdk_exit_handler(provider: object) -> bool:
     """Whether an SDK provider registered its own ``atexit`` shutdown (``_atexit_handler``).
@@ -310,10 +345,35 @@ def internals_report() -> dict[str, bool]:
         "has_sdk_exit_handler": has_sdk_exit_handler(TracerProvider(shutdown_on_exit=True)),
         "context_variable": _CURRENT_CONTEXT is not None,
         "proxy_meter_provider": is_proxy_meter_provider(_proxy_meter_provider()),
+        "update_resource": _resource_updates(),
     }
     provider.shutdown()
     meters.shutdown()
     return report
+
+
+def _resource_updates() -> bool:
+    """Whether :func:`update_resource` renames a tracer, meter and logger provider and the
+    tracer and logger they handed out before."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from memspan.names import SERVICE_NAME
+
+    renamed = Resource({SERVICE_NAME: "renamed"})
+    tracers, meters, loggers = TracerProvider(), MeterProvider(), LoggerProvider()
+    tracer = tracers.get_tracer("memspan-probe")
+    logger = loggers.get_logger("memspan-probe")
+    updated = all(update_resource(p, renamed) for p in (tracers, meters, loggers))
+    seen = (provider_resource(tracers), getattr(tracer, "resource", None),
+            provider_resource(meters), provider_resource(loggers),
+            getattr(logger, "resource", None))
+    names = {getattr(r, "attributes", {}).get(SERVICE_NAME) for r in seen}
+    for provider in (tracers, meters, loggers):
+        provider.shutdown()
+    return updated and names == {"renamed"}
 
 
 def _proxy_meter_provider() -> object:

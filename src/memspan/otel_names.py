@@ -3,8 +3,10 @@ sets, and the entry points it registers. One declaration each; nothing else in s
 them (``tests/test_vocabulary_literals.py`` fails on a literal elsewhere).
 
 - Variable names are taken from the OpenTelemetry constants
-  (:mod:`opentelemetry.sdk.environment_variables`, and :mod:`opentelemetry.environment_variables`
-  for the exporter choices the API package defines), never spelled here. The ones memspan
+  (:mod:`opentelemetry.sdk.environment_variables`, :mod:`opentelemetry.environment_variables`
+  for the exporter choices the API package defines, and
+  :mod:`opentelemetry.instrumentation.environment_variables` for the auto-instrumentation's),
+  never spelled here. The ones memspan
   validates are declared again, with their type and range, in
   :mod:`memspan.environment_variables`, which takes their names from here.
 - Entry-point groups and names are the tables ``[project.entry-points.<group>]`` of
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from opentelemetry import environment_variables as _api
+from opentelemetry.instrumentation import environment_variables as _instrumentation
 from opentelemetry.sdk import environment_variables as _sdk
 
 # -- environment variables --------------------------------------------------------------------
@@ -38,6 +41,9 @@ OTEL_EXPORTER_OTLP_PROTOCOL: Final = _sdk.OTEL_EXPORTER_OTLP_PROTOCOL
 OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: Final = _sdk.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
 OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: Final = _sdk.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL
 OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED: Final = _sdk.OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
+#: instrumentations ``opentelemetry-instrument`` does not load (comma-separated, ``*``: all)
+OTEL_PYTHON_DISABLED_INSTRUMENTATIONS: Final = (
+    _instrumentation.OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)
 #: the per-signal protocol variable, by the signal's name in those variables
 SIGNAL_PROTOCOL_VARIABLES: Final[Mapping[str, str]] = {
     "TRACES": OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, "METRICS": OTEL_EXPORTER_OTLP_METRICS_PROTOCOL}

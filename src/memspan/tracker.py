@@ -201,6 +201,37 @@ class Tracker:
                 return source
         return None
 
+    # -- settings while the session runs ------------------------------------------------------
+    #: settings a running session takes (:meth:`update_settings`): where and whether bundles
+    #: are written and kept, where reports go, and the settings that only the providers or
+    #: the start-up line read (``job_id``: the providers' resource; ``quiet``). Every other
+    #: setting is read once, when the session is built.
+    LIVE_SETTINGS = FlightRecorderService.BUNDLE_SETTINGS | {"reports_dir", "job_id", "quiet"}
+
+    def update_settings(self, **changes: Any) -> None:
+        """Run on with ``changes`` (:data:`LIVE_SETTINGS` only, validated as
+        :class:`MemspanConfig` validates them): later bundles and reports follow them."""
+        fixed = set(changes) - self.LIVE_SETTINGS
+        if fixed:
+            raise ValueError(f"{', '.join(sorted(fixed))} cannot change while the session runs")
+        self.config = self.config.replace(**changes)
+        self.flight_recorder.use_bundle_settings(self.config)
+
+    @property
+    def uses_global_providers(self) -> bool:
+        """Whether this session reports to the global providers (none were given to it)."""
+        return self._tracer_provider is None and self._meter_provider is None
+
+    def open_phases(self) -> list[PhaseSpan]:
+        """The phases running in the current context, outermost first."""
+        out: list[PhaseSpan] = []
+        phase = self.phases.current()
+        while phase is not None:
+            if not phase.end_ns:  # a parent closed out of order no longer runs
+                out.append(phase)
+            phase = phase.parent
+        return out[::-1]
+
     @property
     def span_path(self) -> SpanPath:
         """How this tracker's phase spans reach the provider (``deferred``, ``sync``, ``sdk``)."""

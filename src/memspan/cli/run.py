@@ -6,13 +6,16 @@ is used): a path that is a file or cannot be created is an error (exit 2, child 
 started), and so is a ``--memory-limit`` this machine cannot enforce.
 
 The child runs with the same auto-instrumentation mechanism as ``opentelemetry-instrument``
-(the OTel ``sitecustomize`` directory first on ``PYTHONPATH``), the embedded default output
-when the user configured no exporter, and breadcrumbs on. Its stdout/stderr stream through
+(a ``sitecustomize`` first on ``PYTHONPATH`` that calls OpenTelemetry's ``initialize()``: the
+run's own, :mod:`memspan.launcher.child_site`, so a Python of the job that cannot run memspan
+says so instead of failing in sitecustomize), the embedded default output when the user
+configured no exporter, and breadcrumbs on. Its stdout/stderr stream through
 unchanged, until whoever holds the pipes closes them, while a bounded tail is kept. Signals
 reach the child once (:mod:`memspan.launcher.signals`). On exit the death is classified,
 breadcrumbs with evidence of an abnormal death become bundles, one ``memspan.run`` span
-records it all, a one-paragraph summary is printed, and memspan exits with the child's
-status (128 + N for signal N, as a shell reports it).
+records it all, a one-paragraph summary is printed (naming any Python of the job that ran
+without memspan), and memspan exits with the child's status (128 + N for signal N, as a
+shell reports it).
 
 Invariant: once the child has started, memspan's exit status is the child's. A failure of
 the post-mortem (bundles, span, summary) is a warning on stderr, never another status.
@@ -28,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +48,7 @@ from memspan.bootstrap import (
 )
 from memspan.config import ConfigError, MemspanConfig
 from memspan.launcher.breadcrumb_bundles import BreadcrumbOutcome, collect_breadcrumbs
+from memspan.launcher.child_site import ChildSite, UninstrumentedPython, prepare_child_site
 from memspan.launcher.command_args import child_service_name, executable_name, redact_args
 from memspan.launcher.exit_classify import ProcessExitClassification, classify_process_exit
 from memspan.launcher.memory_limit import LimitGroup, MemoryLimitError, create_limit_group
@@ -103,15 +108,21 @@ def _positive_size(option: str) -> Any:
 
 
 def child_environment(config: MemspanConfig, dump_dir: str, output_dir: str,
-                      breadcrumbs: bool, service_name: str | None) -> dict[str, str]:
+                      breadcrumbs: bool, service_name: str | None,
+                      site: ChildSite) -> dict[str, str]:
+    """The child's environment: the run's ``sitecustomize`` (:mod:`memspan.launcher.child_site`)
+    first on ``PYTHONPATH`` (OpenTelemetry's own taken off, so nothing starts twice), the
+    embedded default output when the user configured no exporter, the dump directory,
+    breadcrumbs and the service name."""
     from opentelemetry.instrumentation import auto_instrumentation
 
     env = dict(os.environ)
-    sitecustomize_dir = os.path.dirname(os.path.abspath(auto_instrumentation.__file__))
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != sitecustomize_dir]
+    otel_site = os.path.dirname(os.path.abspath(auto_instrumentation.__file__))
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+             if p and p not in (otel_site, site.directory)]
     if os.getcwd() not in paths:
         paths.insert(0, os.getcwd())
-    env["PYTHONPATH"] = os.pathsep.join([sitecustomize_dir, *paths])
+    env["PYTHONPATH"] = os.pathsep.join([site.directory, *paths])
     if not user_configured_exporters(env):
         env[otel_names.OTEL_TRACES_EXPORTER] = otel_names.FILE_EXPORTER
         env[otel_names.OTEL_METRICS_EXPORTER] = otel_names.FILE_EXPORTER
@@ -154,6 +165,10 @@ class RunState:
     stdout_tail: str = ""
     stderr_tail: str = ""
     refused: list[str] = field(default_factory=list)
+    #: the run's sitecustomize directory, and the interpreters that noted running without
+    #: memspan there
+    site: ChildSite | None = None
+    uninstrumented: list[UninstrumentedPython] = field(default_factory=list)
 
 
 def _warn(message: str) -> None:
@@ -226,21 +241,37 @@ def run_command(args: argparse.Namespace) -> int:
             return _fail(f"--memory-limit cannot be enforced on this machine: {error}. "
                          "Use --compare-limit SIZE to only compare the peak with a limit; "
                          "the command was not started")
-    env = child_environment(config, dump_dir, output_dir, breadcrumbs, args.service_name)
+    try:
+        site = prepare_child_site(check_memspan_loads=not _memspan_disabled(os.environ))
+    except OSError as error:
+        if group is not None:
+            group.remove()
+        return _fail(f"cannot write the child's sitecustomize ({error.strerror or error}); "
+                     "the command was not started")
+    env = child_environment(config, dump_dir, output_dir, breadcrumbs, args.service_name, site)
     if not breadcrumbs:
         env[ev.MEMSPAN_BREADCRUMBS] = "false"
     service = child_service_name(command, env)
     if not env.get(otel_names.OTEL_SERVICE_NAME):
         env[otel_names.OTEL_SERVICE_NAME] = service  # the child's telemetry and the run span agree
     state = RunState(command, service, bool(args.export_args), dump_dir, time.time(), refused=refused,
-                     limit_enforced=group is not None)
+                     limit_enforced=group is not None, site=site)
     try:
         return _run(args, config, env, group, state)
     finally:
+        site.remove()
         if group is not None:
             warning = group.remove()
             if warning:
                 _warn(warning)
+
+
+def _memspan_disabled(env: Mapping[str, str]) -> bool:
+    """Whether the user turned memspan off for the child (``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``
+    names it, or ``*``): then a child without memspan is no surprise."""
+    listed = {name.strip() for name in
+              env.get(otel_names.OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, "").split(",")}
+    return bool(listed & {otel_names.INSTRUMENTOR, "*"})
 
 
 def _run(args: argparse.Namespace, config: MemspanConfig, env: dict[str, str],
@@ -351,6 +382,8 @@ def _post_mortem(args: argparse.Namespace, config: MemspanConfig, cgroup: Cgroup
             _warn(f"refused {message}")
     for message in state.outcome.warnings:
         _warn(message)
+    if state.site is not None:
+        state.uninstrumented = state.site.uninstrumented()
     try:
         _record_span(config, state)
     except Exception as error:
@@ -441,6 +474,17 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def _uninstrumented_text(pythons: list[UninstrumentedPython]) -> str:
+    """The summary's sentence on interpreters of the job that ran without memspan."""
+    shown = "; ".join(f"{_printable(p.executable)} ({_printable(p.problem)})"
+                      for p in pythons[:3])
+    if len(pythons) > 3:
+        shown += f" and {len(pythons) - 3} more"
+    return (f"{shown} cannot run memspan: the job's processes on "
+            f"{'that python' if len(pythons) == 1 else 'those pythons'} ran uninstrumented; "
+            "install memspan into that environment, or run the job with a python that has it.")
+
+
 def summary(state: RunState) -> str:
     """The one paragraph printed on stderr after the run."""
     c = state.classification
@@ -452,6 +496,8 @@ def summary(state: RunState) -> str:
         text = f"memspan: {shown} was killed by {_signal_name(-code)} (exit {code})."
     else:
         text = f"memspan: {shown} exited with status {code}."
+    if state.uninstrumented:
+        text += f" {_uninstrumented_text(state.uninstrumented)}"
     if c is not None and c.is_oom:
         if c.confidence == "confirmed":
             text += " OOM confirmed: the cgroup's oom_kill counter rose during the run."

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-from memspan import names, otel_names
+from memspan.resource import command_service_name, environment_service_name
 
 REDACTED = "<redacted>"
 _CREDENTIAL = re.compile(r"token|secret|key|passw(or)?d|auth|credential", re.IGNORECASE)
@@ -58,36 +58,6 @@ def redact_args(command: Sequence[str]) -> list[str]:
     return out
 
 
-def _from_resource_attributes(text: str) -> str | None:
-    for item in text.split(","):
-        key, _, value = item.partition("=")
-        if key.strip() == names.SERVICE_NAME and value.strip():
-            return value.strip()
-    return None
-
-
 def child_service_name(command: Sequence[str], env: Mapping[str, str]) -> str:
     """The service name the child reports as (see the module docstring)."""
-    explicit = env.get(otel_names.OTEL_SERVICE_NAME, "").strip() or _from_resource_attributes(
-        env.get(otel_names.OTEL_RESOURCE_ATTRIBUTES, ""))
-    if explicit:
-        return explicit
-    name = executable_name(command)
-    if re.match(r"^python[0-9.]*$", name):
-        args = list(command[1:])
-        index = 0
-        while index < len(args):
-            arg = args[index]
-            if arg == "-m" and index + 1 < len(args):
-                return args[index + 1]
-            if arg.startswith("-m") and len(arg) > 2:
-                return arg[2:]
-            if arg == "-c":
-                return name
-            if arg in ("-W", "-X", "--check-hash-based-pycs"):
-                index += 2
-                continue
-            if not arg.startswith("-"):
-                return os.path.splitext(os.path.basename(arg))[0] or name
-            index += 1
-    return name or "unknown_service"
+    return environment_service_name(env) or command_service_name(command)
