@@ -38,7 +38,7 @@ from memspan.drops import DropLedger
 from memspan.export import span_json
 from memspan.export.bounded_file import BoundedLineFile
 from memspan.export.embedded import SpanLinesExporter, span_limits
-from memspan.export.span_json import encode_spans_dict, try_encode_spans_dict
+from memspan.export.span_json import encode_spans_dict, json_line, try_encode_spans_dict
 from memspan.sources.host import HostMemorySource
 
 COMPACT = (",", ":")
@@ -60,6 +60,9 @@ def assert_identical(spans: list[ReadableSpan], *, fast: bool) -> None:
     assert ours == expected
     assert json.dumps(ours, separators=COMPACT) == json.dumps(expected, separators=COMPACT)
     assert json.dumps(ours) == json.dumps(expected)
+    line = json_line(ours)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == json.loads(json.dumps(expected, separators=COMPACT))
 
 
 # -- generated spans --------------------------------------------------------------------------
@@ -408,4 +411,16 @@ def test_the_embedded_exporter_writes_the_library_encoding(tmp_path: Path) -> No
     assert [json.loads(line) for line in lines] == [
         json.loads(json.dumps(library(batch))) for batch in batches
     ]
-    assert lines == [json.dumps(library(batch), separators=COMPACT) for batch in batches]
+    # the same values as the library's text (orjson writes them; the bytes may differ)
+    assert [json.loads(line) for line in lines] == [
+        json.loads(json.dumps(library(batch), separators=COMPACT)) for batch in batches]
+
+
+def test_json_lines_keep_every_value_orjson_cannot_write() -> None:
+    """Non-ASCII text is written as UTF-8 and reads back the same; a dict orjson refuses (an
+    int beyond 64 bits, which the library writes) is written by ``json.dumps`` instead."""
+    text = {"name": "étape · 步", "n": 1}
+    assert json.loads(json_line(text)) == text
+    huge = {"value": 1 << 70}
+    assert json_line(huge) == b'{"value":1180591620717411303424}\n'
+    assert json.loads(json_line(huge)) == huge

