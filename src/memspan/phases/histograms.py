@@ -91,15 +91,8 @@ class PhaseHistograms:
                     offered.add(key)
                     context = _link(span_context)
             if context is _EMPTY and direct_duration is not None:
-                if series.duration_generation == duration_generation:
-                    duration_value.value = duration_s
-                    for aggregation in series.duration_aggregations:
-                        aggregation.aggregate(duration_value, False)
-                else:
-                    found = direct_duration.record_first(duration_s, series.by_path)
-                    if found is not None:
-                        series.duration_aggregations = found
-                        series.duration_generation = duration_generation
+                series.duration.record(direct_duration, duration_generation, duration_value,
+                                       duration_s, series.by_path)
             else:
                 self._duration.record(duration_s, series.by_path, context=context)
             if peak is None:
@@ -111,33 +104,48 @@ class PhaseHistograms:
                     offered.add(key)
                     peak_context = context if context is not _EMPTY else _link(span_context)
             if peak_context is _EMPTY and direct_peak is not None:
-                if series.peak_generation == peak_generation:
-                    peak_value.value = peak
-                    for aggregation in series.peak_aggregations:
-                        aggregation.aggregate(peak_value, False)
-                else:
-                    found = direct_peak.record_first(peak, series.by_device)
-                    if found is not None:
-                        series.peak_aggregations = found
-                        series.peak_generation = peak_generation
+                series.peak.record(direct_peak, peak_generation, peak_value, peak,
+                                   series.by_device)
             else:
                 self._peak.record(peak, series.by_device, context=peak_context)
 
 
 class _Series:
-    """One phase path on one device: its attribute dicts and, once found, the SDK
-    aggregations each histogram records into (valid for one reader generation)."""
+    """One phase path on one device: its attribute dicts and its two histograms' kept
+    aggregations."""
 
-    __slots__ = ("by_device", "by_path", "duration_aggregations", "duration_generation",
-                 "peak_aggregations", "peak_generation")
+    __slots__ = ("by_device", "by_path", "duration", "peak")
 
     def __init__(self, path: str, device: str) -> None:
         self.by_path: dict[str, Any] = {names.PHASE_PATH: path}
         self.by_device: dict[str, Any] = {names.PHASE_PATH: path, names.MEMORY_DEVICE: device}
-        self.duration_aggregations: list[Any] = []
-        self.peak_aggregations: list[Any] = []
-        self.duration_generation = -2  # never a valid generation: found on first record
-        self.peak_generation = -2
+        self.duration = _Kept()
+        self.peak = _Kept()
+
+
+class _Kept:
+    """The SDK aggregations one series records into directly, valid for one reader
+    generation of its :class:`DirectAggregation`; found at the first record."""
+
+    __slots__ = ("aggregations", "generation")
+
+    def __init__(self) -> None:
+        self.aggregations: list[Any] = []
+        self.generation = -2  # never a valid generation
+
+    def record(self, direct: DirectAggregation, generation: int, measurement: _Recorded,
+               value: float, attributes: dict[str, Any]) -> None:
+        """Record ``value`` without an exemplar (``measurement`` is reused, only its value
+        is set): straight into the kept aggregations, else through the SDK, finding them."""
+        if self.generation == generation:
+            measurement.value = value
+            for aggregation in self.aggregations:
+                aggregation.aggregate(measurement, False)
+            return
+        found = direct.record_first(value, attributes)
+        if found is not None:
+            self.aggregations = found
+            self.generation = generation
 
 
 def _link(span_context: SpanContext) -> Context:
