@@ -181,7 +181,7 @@ def _probe_spans() -> list[ReadableSpan]:
     }
     remote = SpanContext(0xABC, 0xDEF, True, trace_state=TraceState([("k", "v"), ("a", "b")]))
     local = SpanContext(1, 2, False)
-    resources = [Resource({"service.name": "probe", "n": 1}, "https://probe/resource"), Resource({})]
+    resources = [Resource({"probe.name": "probe", "n": 1}, "https://probe/resource"), Resource({})]
     scopes = [InstrumentationScope("probe", "1.0", "https://probe/scope", {"s": "v"}), None]
     spans = []
     for index, kind in enumerate(SpanKind):
