@@ -4,6 +4,10 @@ Listens to phase exits. Per phase path it keeps a :class:`RunSeries` (constant m
 once the path has run ``min_runs`` times, applies the same verdict function as the report;
 the first time a path is ``leaking`` the event goes on that run's span, once per path.
 
+A path is judged at its ``min_runs``-th run and then every :data:`VERDICT_EVERY` runs (the
+event can come that many runs after the verdict would first have said leaking; the sums are
+updated at every run, so the verdict is the same).
+
 Bounded: at most ``max_paths`` paths are tracked; runs of further paths are counted as
 dropped (``leak_watch_paths``). Phase paths are bounded by code anyway (no step numbers in
 names), so the bound only bites on misuse.
@@ -20,6 +24,10 @@ from memspan.drops import LEAK_WATCH_PATHS, DropLedger
 
 if TYPE_CHECKING:
     from memspan.phases.record import PhaseSpan
+
+#: runs of a path between two judgements of it
+VERDICT_EVERY = 8
+
 
 class LeakWatcher:
     """Listens to finished phases on the export worker (before their spans are built)."""
@@ -47,6 +55,8 @@ class LeakWatcher:
                    figures.peak_exact is True)
         if series.n < self.thresholds.min_runs or path in self.flagged:
             return
+        if series.n % VERDICT_EVERY and series.n != self.thresholds.min_runs:
+            return  # the fit and the verdict's sentence: once every VERDICT_EVERY runs
         slope, r2 = series.fit()
         limits = self.thresholds
         if slope < limits.slope_bytes_per_run or r2 < limits.min_r2 \
