@@ -84,7 +84,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -344,29 +344,26 @@ def process_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def file_span_names(directory: str) -> dict[str, int]:
-    names: Counter[str] = Counter()
+def file_spans(directory: str) -> Iterator[dict[str, Any]]:
+    """Every span of the OTLP JSON lines in ``directory``'s traces.jsonl."""
     path = Path(directory, "traces.jsonl")
     if not path.exists():
-        return {}
+        return
     for line in path.read_text().splitlines():
         for resource_spans in json.loads(line).get("resourceSpans", []):
             for scope_spans in resource_spans.get("scopeSpans", []):
-                names.update(span["name"] for span in scope_spans.get("spans", []))
-    return dict(names)
+                yield from scope_spans.get("spans", [])
+
+
+def file_span_names(directory: str) -> dict[str, int]:
+    return dict(Counter(span["name"] for span in file_spans(directory)))
 
 
 def file_span_attribute_counts(directory: str) -> dict[str, float]:
     """Mean attributes per span, by name (what the encoding pays for)."""
     counts: dict[str, list[int]] = defaultdict(list)
-    path = Path(directory, "traces.jsonl")
-    if not path.exists():
-        return {}
-    for line in path.read_text().splitlines():
-        for resource_spans in json.loads(line).get("resourceSpans", []):
-            for scope_spans in resource_spans.get("scopeSpans", []):
-                for span in scope_spans.get("spans", []):
-                    counts[span["name"]].append(len(span.get("attributes", [])))
+    for span in file_spans(directory):
+        counts[span["name"]].append(len(span.get("attributes", [])))
     return {name: statistics.mean(values) for name, values in counts.items()}
 
 
