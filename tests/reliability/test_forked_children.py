@@ -102,3 +102,55 @@ def test_optional_modules_are_imported_before_the_sampler_thread_starts(tmp_path
     assert result.returncode == 0, result.stderr
     assert "imported before sampling True" in result.stdout
     assert "child exit 0" in result.stdout
+
+
+def test_workers_ended_by_sigterm_deliver_first_and_still_die_of_it(tmp_path: Path) -> None:
+    """``with Pool(...)`` leaves its block through ``Pool.terminate()``: SIGTERM to every
+    worker, whose default action skips the finalisers (0 of 60 phases arrived). A worker
+    whose SIGTERM is at its default delivers first and then dies of SIGTERM all the same;
+    a handler of the program's own is left alone."""
+    result = run_python("""
+        import multiprocessing as mp, signal, time
+        import memspan
+
+        memspan.configure(service_name="job", output_dir="out", dump_dir="dumps")
+
+        def square(x):
+            with memspan.phase("pool.work", item=x):
+                return x * x
+
+        def waits():
+            with memspan.phase("terminated.done"):
+                pass
+            with memspan.phase("terminated.open"):
+                time.sleep(60)
+
+        def own_handler():
+            signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(SystemExit(7)))
+            with memspan.phase("own.handler"):
+                time.sleep(60)
+
+        if __name__ == "__main__":
+            fork = mp.get_context("fork")
+            with fork.Pool(2) as pool:
+                assert sum(pool.map(square, range(60))) == sum(x * x for x in range(60))
+            for target in (waits, own_handler):
+                child = fork.Process(target=target)
+                child.start()
+                time.sleep(1.0)
+                started = time.monotonic()
+                child.terminate()
+                child.join(10)
+                print(target.__name__, "exit", child.exitcode,
+                      "within", round(time.monotonic() - started, 1))
+            memspan.shutdown()
+    """, tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "waits exit -15" in result.stdout, result.stdout
+    assert "own_handler exit 7" in result.stdout, result.stdout
+    names = [span["name"] for span in _phase_spans(tmp_path / "out")]
+    assert names.count("pool.work") == 60
+    assert names.count("terminated.done") == 1
+    # the phase open at the SIGTERM was never ended: it is not a span (the user's block did
+    # not finish), and the program's own handler decides what its SIGTERM does
+    assert "terminated.open" not in names
