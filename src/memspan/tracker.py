@@ -21,8 +21,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 import uuid
@@ -95,10 +93,8 @@ class Tracker:
         self.rank = detected_rank() if rank is None else rank
         self.ledger = ledger if ledger is not None else DropLedger()
         self._closed = False
-        #: a final delivery is running (a child's exit, or its SIGTERM)
+        #: a final delivery is running (a child's exit)
         self._delivering = False
-        #: SIGTERM arrived during that delivery: die of it once the delivery is done
-        self._terminate_when_delivered = False
         #: the providers given (None: the global ones, looked up when flushing)
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
@@ -138,8 +134,6 @@ class Tracker:
                           exc_info=True)
         finally:
             self._delivering = False
-        if self._terminate_when_delivered:
-            _die_of_sigterm()
 
     # -- the steps of building a session (in this order) --------------------------------------
     def _build_sampling(self, meter: metrics.Meter, sources: Sequence[MemorySource] | None
@@ -360,8 +354,7 @@ def _deliver_when_multiprocessing_children_exit(tracker: Tracker) -> None:
     """In every ``multiprocessing`` child forked from here (``Process``, ``Pool`` workers,
     torch ``DataLoader`` workers), deliver the tracker's phases when the child ends through
     ``multiprocessing``'s own exit path (its finalizers run; ``atexit`` does not). Registered
-    after the child's start-up clears inherited finalizers; a child ended by SIGTERM
-    (``Pool.terminate()``) delivers first too. Spawned children are untouched:
+    after the child's start-up clears inherited finalizers. Spawned children are untouched:
     they never configured memspan, so they stay pass-through."""
     try:
         from multiprocessing import util
@@ -370,52 +363,8 @@ def _deliver_when_multiprocessing_children_exit(tracker: Tracker) -> None:
 
     def in_child(alive: Tracker) -> None:
         util.Finalize(alive, alive.deliver_before_exit, exitpriority=100)
-        _deliver_before_sigterm(alive)
 
     util.register_after_fork(tracker, in_child)
-
-
-#: seconds a forked child told to terminate gives its pending phases before it dies
-SIGTERM_DELIVERY_S = 2.0
-
-
-def _deliver_before_sigterm(tracker: Tracker) -> None:
-    """``Pool.terminate()`` (what ``with Pool(...)`` does on leaving the block) ends workers
-    with SIGTERM, whose default action skips every finaliser. Where the child left SIGTERM
-    at its default, deliver the pending phases first (within :data:`SIGTERM_DELIVERY_S`),
-    then die of SIGTERM as the default would: the exit status is unchanged. A handler the
-    program set is never replaced; only the main thread can install one."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return
-    except (ValueError, OSError):  # pragma: no cover - no SIGTERM here
-        return
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        if tracker._delivering:  # it interrupted the child's own final delivery: let that
-            tracker._terminate_when_delivered = True  # finish (it is bounded), then die
-            return
-        # On a thread of its own: the interrupted code may hold a lock the delivery needs
-        # (an exporter's), which would deadlock this thread; at the deadline it is left.
-        try:
-            delivery = threading.Thread(target=tracker.deliver_before_exit,
-                                        args=(SIGTERM_DELIVERY_S,), daemon=True,
-                                        name="memspan-sigterm-delivery")
-            delivery.start()
-            delivery.join(SIGTERM_DELIVERY_S + 0.5)
-        except Exception:  # no thread to be had: die without delivering
-            pass
-        _die_of_sigterm()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _die_of_sigterm() -> None:
-    """End this process as SIGTERM's default action would (same exit status)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _nothing() -> None:
