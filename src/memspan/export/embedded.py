@@ -37,7 +37,7 @@ from memspan import environment_variables as ev
 from memspan.drops import OUTPUT_SPAN_OVERSIZED, DropLedger
 from memspan.export.bounded_file import BoundedLineFile
 from memspan.export.counting import CountingBatchSpanProcessor
-from memspan.export.span_json import encode_spans_dict, json_line
+from memspan.export.span_json import agrees_with_library, encode_spans_dict, json_line
 
 TRACES_FILE = "traces.jsonl"
 METRICS_FILE = "metrics.jsonl"
@@ -134,6 +134,9 @@ def build_embedded_output(
     """Providers that write to ``directory``; they register no exit handler of their own
     (``memspan.shutdown`` takes them down within its deadline)."""
     directory = os.path.abspath(directory)
+    # Checked now, on the configuring thread: its probe batch allocates, and inside the first
+    # export that would land in whatever phase of the user's is running then.
+    agrees_with_library()
     traces = BoundedLineFile(os.path.join(directory, TRACES_FILE), max_bytes, ledger)
     metrics = BoundedLineFile(os.path.join(directory, METRICS_FILE), max_bytes, ledger)
     tracer_provider = TracerProvider(resource=resource, span_limits=span_limits(),
