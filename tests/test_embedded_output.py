@@ -112,9 +112,16 @@ def test_first_export_has_the_alert_counters_at_zero(tmp_path: Path) -> None:
     """, tmp_path)
     assert result.returncode == 0, result.stderr
     first = records(tmp_path / "memspan-out" / "metrics.jsonl")[0]
-    for name in (names.OOM_COUNT, names.RECORDER_DROPPED):
-        assert [(p.get("attributes", []), p.get("asInt", "0"))
-                for p in points(first, name)] == [([], "0")], name
+    from memspan.drops import REASONS
+    expected = {names.OOM_COUNT: (names.OOM_KIND, {"device_oom", "host_oom", "possible_oom",
+                                                    "oom_killed", "unknown"}),
+                names.RECORDER_DROPPED: (names.DROP_REASON, set(REASONS))}
+    for name, (label, values) in expected.items():
+        # one series per value known at start-up, each at zero: increase() sees the first event
+        seen = {(a["key"], a["value"]["stringValue"]): p.get("asInt", "0")
+                for p in points(first, name) for a in p.get("attributes", [])}
+        assert seen == {(label, value): "0" for value in values}, name
+        assert all(len(p.get("attributes", [])) == 1 for p in points(first, name)), name
 
 
 def test_start_up_line_says_where_telemetry_goes(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ PHASE_FLOORS = [
     ["scope"],
     ["core"],
     ["export"],
-    ["span_build", "step_sampling", "histograms"],
+    ["span_build", "step_sampling", "histograms", "name_series"],
     ["record"],
     ["span_path", "figures", "handle"],
     ["validation"],

@@ -20,6 +20,7 @@ from conftest import Telemetry
 from fakes import FakeCudaApi
 from launcher_helpers import clean_env, run_python
 from memspan import MemspanConfig, names
+from memspan.oom.breadcrumb_stack import parse_open_stack
 from memspan.oom.observer import AllocatorObserver
 from memspan.oom.retention import list_bundles
 from memspan.sources import HostMemorySource, TorchAllocatorSource
@@ -83,15 +84,17 @@ def test_cuda_oom_in_nested_phases(oom_telemetry: Telemetry, tmp_path: Path) -> 
     assert [p["name"] for p in phases] == ["train", "step", "forward"]
     events_text = Path(path, "events.jsonl").read_text()
     assert '"path":"train / step / forward"' in events_text
-    assert oom_count(t) == {((names.OOM_KIND, "device_oom"),
-                             (names.PHASE_PATH, "train / step / forward")): 1}
+    # by kind only (the path is in the event and the bundle); every kind exists from zero
+    assert oom_count(t) == {((names.OOM_KIND, kind),): int(kind == "device_oom")
+                            for kind in ("device_oom", "host_oom", "possible_oom",
+                                         "oom_killed", "unknown")}
 
 
 def test_non_oom_errors_write_nothing(oom_telemetry: Telemetry, tmp_path: Path) -> None:
     with pytest.raises(ValueError), oom_telemetry.tracker.phase("p"):
         raise ValueError("out of memory guard disabled")
     assert not (tmp_path / "dumps").exists()
-    assert oom_count(oom_telemetry) == {}
+    assert set(oom_count(oom_telemetry).values()) == {0}
 
 
 def test_dump_failure_is_on_the_event_and_the_error_still_propagates(
@@ -285,11 +288,14 @@ def test_sigkill_leaves_a_breadcrumb(tmp_path: Path) -> None:
     process = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, timeout=60,
                              capture_output=True, text=True, check=False)
     assert process.returncode == -9
-    crumbs = list((tmp_path / "dumps" / ".breadcrumbs").iterdir())
-    assert len(crumbs) == 1
+    crumbs = sorted((tmp_path / "dumps" / ".breadcrumbs").iterdir())
+    assert [p.suffix for p in crumbs] == [".jsonl", ".stack"]  # the history and the open stack
+    assert crumbs[0].stem == crumbs[1].stem
     text = crumbs[0].read_text()
     assert '"path":"train / step"' in text and '"type":"sample"' in text
-    time.sleep(0)
+    stack = parse_open_stack(crumbs[1].read_bytes())
+    assert stack.valid and stack.bad_slots == 0
+    assert sorted(record["path"] for record in stack.open) == ["train", "train / step"]
 
 
 def test_a_forked_child_never_writes_the_parents_breadcrumbs(telemetry_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -305,6 +311,8 @@ def test_a_forked_child_never_writes_the_parents_breadcrumbs(telemetry_factory, 
     writer.flush(force=True)
     before = Path(writer.path).read_text()
     assert '"type":"phase_end","path":"parent"' in before
+    stack_file = Path(writer.path).with_suffix(".stack")
+    stack_before = stack_file.read_bytes()
     pid = os.fork()
     if pid == 0:
         try:
@@ -315,7 +323,9 @@ def test_a_forked_child_never_writes_the_parents_breadcrumbs(telemetry_factory, 
             os._exit(0)
     os.waitpid(pid, 0)
     assert Path(writer.path).read_text() == before
-    assert [p.name for p in (tmp_path / ".breadcrumbs").iterdir()] == [Path(writer.path).name]
+    assert stack_file.read_bytes() == stack_before  # nor the parent's mapped stack file
+    assert sorted(p.name for p in (tmp_path / ".breadcrumbs").iterdir()) == sorted(
+        [Path(writer.path).name, stack_file.name])
 
 
 def test_phase_end_ring_events_stay_within_their_declared_size(telemetry: Telemetry) -> None:

@@ -93,6 +93,7 @@ from memspan.drops import PROCESS_LEDGER, DropLedger
 from memspan.export.counting import CountingBatchSpanProcessor
 from memspan.export.destination import exporters_of, startup_line
 from memspan.export.embedded import EmbeddedOutput, build_embedded_output, span_limits
+from memspan.export.prometheus import SDK_ENTRY_POINT_MODULE, prometheus_reader
 from memspan.resource import build_resource, fallback_service_name, is_default_service_name
 from memspan.tracker import Tracker, default_tracker_if_any, set_default_tracker
 
@@ -181,6 +182,9 @@ def configure(
                                 "call memspan.shutdown() before configuring again")
             return running.tracker
         cfg = config if config is not None else MemspanConfig.from_env(**settings)
+        validate_otel_environment()  # a bad OTEL_* value is refused here, naming it
+        if running is None and sdk_disabled():
+            return _switched_off(cfg)
         given = tracer_provider is not None or meter_provider is not None
         # the auto-instrumentation announced its own start; a session configure() starts
         # or adopts is announced now
@@ -215,6 +219,29 @@ def configure(
     if announce:
         _announce(installation)
     return installation.tracker
+
+
+def sdk_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    """``OTEL_SDK_DISABLED`` is true (as the SDK reads it: ``true``, any case)."""
+    env = os.environ if environ is None else environ
+    return env.get(otel_names.OTEL_SDK_DISABLED, "").strip().lower() == "true"
+
+
+def _switched_off(cfg: MemspanConfig) -> Tracker:
+    """``OTEL_SDK_DISABLED=true``: no provider, no exporter, no thread; the module-level API
+    passes through; one line says so. The tracker returned is passive (no-op providers)."""
+    tracker = Tracker(tracer_provider=trace.NoOpTracerProvider(),
+                      meter_provider=metrics.NoOpMeterProvider(), config=cfg, passive=True)
+    set_default_tracker(None, retire=True)
+    if not cfg.quiet and not _multiprocessing_child():
+        try:
+            sys.stderr.write(f"memspan: telemetry is off ({otel_names.OTEL_SDK_DISABLED}=true): "
+                             "no spans, metrics or bundles are written and no memspan thread "
+                             "runs; phases pass through\n")
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    return tracker
 
 
 def _joinable(tracker: Tracker) -> bool:
@@ -561,6 +588,9 @@ def _exporters(group: str, variable: str, signal: str) -> list[Any]:
                 f"{variable}={os.environ.get(variable)!r}: no installed exporter named {name!r}"
             )
         try:
+            if name == "prometheus" and found[0].value.startswith(SDK_ENTRY_POINT_MODULE):
+                out.append(prometheus_reader())  # service and rank as labels too
+                continue
             out.append(found[0].load()())
         except Exception as error:  # the exporter read a variable it could not use
             raise ConfigError(f"{variable}: the {name!r} exporter could not be built from the "
@@ -646,23 +676,41 @@ def _left(deadline: float) -> float:
 
 
 def _within(timeout_s: float, action: Callable[[], object]) -> bool:
-    """Run ``action`` in a daemon thread; give up waiting after ``timeout_s``."""
+    """Run ``action`` in a daemon thread; give up waiting after ``timeout_s``.
+
+    When no thread can be started (memory or the thread limit exhausted: the host OOM that
+    ended the job may still be in force at exit), ``action`` runs inline instead, bounded only
+    by its own timeouts: the last flush is worth more than the deadline."""
     done = threading.Event()
 
     def run() -> None:
         try:
             action()
-        except Exception:
-            _logger.warning("memspan: provider shutdown failed", exc_info=True)
+        except Exception as error:
+            _logger.warning("memspan: provider shutdown failed: %s: %s",
+                            type(error).__name__, error)
         finally:
             done.set()
 
-    threading.Thread(target=run, name="memspan-shutdown", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="memspan-shutdown", daemon=True).start()
+    except (RuntimeError, MemoryError):  # "can't start new thread"
+        run()
+        return True
     return done.wait(timeout_s)
 
 
 def _at_exit() -> None:
-    shutdown(EXIT_DEADLINE_S)
+    """The exit handler: bounded by :data:`EXIT_DEADLINE_S`; it never prints a traceback of
+    memspan's own (a failure is one line), whatever state the process ends in."""
+    try:
+        shutdown(EXIT_DEADLINE_S)
+    except BaseException as error:
+        try:
+            sys.stderr.write(f"memspan: the final export at exit failed "
+                             f"({type(error).__name__}: {error})\n")
+        except BaseException:
+            pass
 
 
 atexit.register(_at_exit)

@@ -3,7 +3,8 @@
 Invariant: each bounded structure (ring buffer, output files, export queue, sources that
 failed) calls :meth:`DropLedger.add` with a reason for everything it refuses or evicts; the
 ledger is exported as the ``memspan.recorder.dropped`` counter and never itself grows with
-load (one integer per reason, reasons are a fixed vocabulary).
+load (one integer per reason, reasons are a fixed vocabulary, :data:`REASONS`, every one
+exported at zero from the start).
 """
 
 from __future__ import annotations
@@ -38,6 +39,28 @@ LISTENER_ERROR: Final = "listener_error"
 LEAK_WATCH_PATHS: Final = "leak_watch_paths"
 #: an event recorded by a signal handler that interrupted its own thread inside the ring
 SIGNAL_REENTRY: Final = "signal_reentry"
+#: a phase path beyond the bound of the phase window-peak gauge's series
+PHASE_PEAK_SERIES_FULL: Final = "phase_peak_series_full"
+#: a finished phase whose span was not handed to the span processors by a shutdown's deadline
+EXPORT_DEADLINE: Final = "export_deadline"
+#: a phase attribute whose value was ``None`` (OpenTelemetry has no null): left out
+ATTRIBUTE_NONE: Final = "attribute_none"
+#: a sequence attribute cut to its first ``MAX_SEQUENCE_ITEMS`` items
+ATTRIBUTE_TRUNCATED: Final = "attribute_truncated"
+#: a distinct phase path embedding a number, recorded in the histograms under its template
+PHASE_PATH_FOLDED: Final = "phase_path_folded"
+
+#: Every reason, known at start-up: the drop counter reports each one from its first export
+#: (at zero until it happens), so ``increase()`` counts the first drop of every reason. A
+#: reason added above must be added here (``tests/test_drops.py`` checks it).
+REASONS: Final = (
+    RING_OVERFLOW, EVENT_TRUNCATED, OUTPUT_ROTATED, OUTPUT_OVERSIZED, OUTPUT_SPAN_OVERSIZED,
+    OUTPUT_WRITE_FAILED, SOURCE_ERROR, EXPORT_QUEUE_FULL, BREADCRUMB_ERROR, DUMP_FAILED,
+    DUMP_RATE_LIMITED, CALLBACK_ERROR, ATTRIBUTE_STRINGIFIED, PROTOCOL_ERROR, PHASE_MISNESTED,
+    PHASE_BUFFER_FULL, PHASE_PATH_TRUNCATED, STEP_BUFFER_FULL, LISTENER_ERROR, LEAK_WATCH_PATHS,
+    SIGNAL_REENTRY, PHASE_PEAK_SERIES_FULL, EXPORT_DEADLINE, ATTRIBUTE_NONE,
+    ATTRIBUTE_TRUNCATED, PHASE_PATH_FOLDED,
+)
 
 
 class DropLedger:

@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from memspan import names, otel_names
+
+#: a host name, an IPv4 address or an IPv6 address (without its brackets)
+_HOST = re.compile(r"[A-Za-z0-9._%:-]+")
 
 Kind = Literal["seconds", "mib", "int", "bytes", "ratio", "bool", "path", "text", "url", "choice"]
 
@@ -155,6 +159,10 @@ class Variable:
             raise ConfigError(f"{label}={value!r} is not a URL ({error}); "
                               f"{self.accepted()}") from None
         scheme_ok = bare or parts.scheme in ("http", "https")
+        host = parts.hostname or ""
+        if text and not _HOST.fullmatch(host):  # 'not a url' splits into a host with spaces
+            raise ConfigError(f"{label}={value!r} is not a URL (no valid host name); "
+                              f"{self.accepted()}")
         if text and (not scheme_ok or not parts.hostname):
             raise ConfigError(f"{label}={value!r} is not an http(s) URL; {self.accepted()}")
         return value
@@ -368,6 +376,14 @@ OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: Final = _declare(
 OTEL_EXPORTER_OTLP_METRICS_TIMEOUT: Final = _declare(
     otel_names.OTEL_EXPORTER_OTLP_METRICS_TIMEOUT, "seconds", None,
     f"as `{OTEL_EXPORTER_OTLP_TIMEOUT}`, for metrics", minimum=0.001, maximum=_HOUR, external=True)
+OTEL_METRIC_EXPORT_INTERVAL: Final = _declare(
+    otel_names.OTEL_METRIC_EXPORT_INTERVAL, "int", None,
+    "milliseconds between two exports of the SDK's periodic metric reader (the SDK refuses "
+    "0 and negative values)", minimum=1, maximum=_HOUR * 24_000, external=True)
+OTEL_METRIC_EXPORT_TIMEOUT: Final = _declare(
+    otel_names.OTEL_METRIC_EXPORT_TIMEOUT, "int", None,
+    "milliseconds one export of the periodic metric reader may take",
+    minimum=1, maximum=_HOUR * 1000, external=True)
 _PROTOCOLS = ("grpc", "http/protobuf", "http/json")
 OTEL_EXPORTER_OTLP_PROTOCOL: Final = _declare(
     otel_names.OTEL_EXPORTER_OTLP_PROTOCOL, "choice", None, "OTLP transport of every signal",

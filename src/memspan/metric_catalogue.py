@@ -73,7 +73,11 @@ SESSION_ROWS: Final = (
     MetricRow(names.PHASE_DURATION, InstrumentKind.HISTOGRAM, "s", "Duration of a phase"),
     MetricRow(names.PHASE_MEMORY_PEAK, InstrumentKind.HISTOGRAM, BYTES,
               "Peak memory of a phase (allocator on a GPU, RSS on a host)"),
-    MetricRow(names.OOM_COUNT, InstrumentKind.COUNTER, ONE, "Out-of-memory errors seen by memspan"),
+    MetricRow(names.PHASE_MEMORY_WINDOW_PEAK, InstrumentKind.GAUGE, BYTES,
+              "Highest peak memory of a phase path's runs that ended since the previous "
+              "export (the last such value when none ended)"),
+    MetricRow(names.OOM_COUNT, InstrumentKind.COUNTER, ONE,
+              "Out-of-memory errors seen by memspan, by kind (every kind from zero)"),
 )
 
 

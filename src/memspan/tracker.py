@@ -36,15 +36,16 @@ from memspan.analysis.thresholds import LeakThresholds
 from memspan.config import ConfigError, MemspanConfig
 from memspan.drops import PROCESS_LEDGER, DropLedger
 from memspan.fork_safety import reset_in_forked_children
-from memspan.instruments import MemoryInstruments
+from memspan.instruments import AlertCounter, MemoryInstruments
 from memspan.names import REPORT_SUFFIX
+from memspan.oom.classify import OOMKind
 from memspan.oom.observer import AllocatorObserver
 from memspan.oom.service import FlightRecorderService
 from memspan.phases.core import PhaseCore
 from memspan.phases.export import FlushHook, PhaseExporter
 from memspan.phases.figures import BoundaryReader
 from memspan.phases.handle import PhaseHandle
-from memspan.phases.histograms import PhaseHistograms
+from memspan.phases.histograms import PhaseHistograms, PhaseWindowPeaks
 from memspan.phases.record import PhaseSpan
 from memspan.phases.scope import PhaseScope
 from memspan.phases.span_path import SDK, SpanPath, SpanPaths
@@ -87,7 +88,10 @@ class Tracker:
         install_excepthooks: bool = False,
         leak_thresholds: LeakThresholds | None = None,
         observer: AllocatorObserver | None = None,
+        passive: bool = False,
     ) -> None:
+        """``passive``: no thread at all (``OTEL_SDK_DISABLED``): neither the sampler nor the
+        export worker starts; a phase is delivered on the thread that ends it."""
         self.config = config if config is not None else MemspanConfig()
         self.session_id = session_id or str(uuid.uuid4())
         self.rank = detected_rank() if rank is None else rank
@@ -106,8 +110,11 @@ class Tracker:
         self._build_phases(tracer, meter)
         self._build_flight_recorder(observer, install_excepthooks)
         self._build_leak_watch(leak_thresholds)
-        self.exporter.start()
-        if start_sampler:
+        if passive:
+            self.exporter.shutdown(0.0)  # closed from the start: phases are delivered inline
+        else:
+            self.exporter.start()
+        if start_sampler and not passive:
             self.sampler.start()
         reset_in_forked_children(self)
         _deliver_when_multiprocessing_children_exit(self)
@@ -143,10 +150,12 @@ class Tracker:
         self.sources = list(sources) if sources is not None else default_sources()
         self.sampler = Sampler(self.sources, interval_s=self.config.sample_interval_s,
                                slow_interval_s=self.config.nvml_interval_s, ledger=self.ledger)
+        self.phase_peaks = PhaseWindowPeaks(self.ledger)
         self.instruments = MemoryInstruments(meter, lambda: self.sampler.state, self.ledger,
                                              catalogue=self.sampler.catalogue,
                                              emit_rss=self.config.rss_metric,
-                                             before_collect=self.flush)
+                                             before_collect=self.flush,
+                                             phase_peaks=self.phase_peaks)
         self.torch_source = self.source(TorchAllocatorSource)
 
     def _build_phases(self, tracer: trace.Tracer, meter: metrics.Meter) -> None:
@@ -154,13 +163,17 @@ class Tracker:
         provider) and the caller's-thread core, which hands finished phases to the worker."""
         catalogue = self.sampler.catalogue
         oom_count = catalogue.row(names.OOM_COUNT)
-        self.oom_counter = meter.create_counter(
-            oom_count.name, unit=oom_count.unit, description=oom_count.description)
+        # by kind only, every kind at zero from the start (alerts use increase())
+        self.oom_counter = AlertCounter(
+            meter.create_counter(oom_count.name, unit=oom_count.unit,
+                                 description=oom_count.description),
+            names.OOM_KIND, [kind.value for kind in OOMKind])
         self.span_paths = SpanPaths(tracer, self.config.span_mode)
         self.exporter = PhaseExporter(
             self.span_paths,
             PhaseHistograms.create(meter, catalogue.row(names.PHASE_DURATION),
-                                   catalogue.row(names.PHASE_MEMORY_PEAK)),
+                                   catalogue.row(names.PHASE_MEMORY_PEAK),
+                                   window_peaks=self.phase_peaks),
             StepSampler(StepSamplingConfig.from_config(self.config)),
             meter.create_counter(names.STEP_COUNT, unit="1",
                                  description="Step traces, kept or dropped by step sampling"),
@@ -326,8 +339,10 @@ class Tracker:
 
         Call it before the providers' last flush so that export shows the end state; the
         observable callbacks still answer until :meth:`shutdown`. True when the sampler
-        thread ended within ``timeout_s``.
+        thread ended within ``timeout_s``. Final: from ``timeout_s`` on, phase spans the
+        processors have not taken are counted, not delivered (:mod:`memspan.phases.export`).
         """
+        self.exporter.give_up_at(time.monotonic() + timeout_s)
         stopped = self.sampler.shutdown(timeout_s)
         try:
             self.sampler.sample_once()

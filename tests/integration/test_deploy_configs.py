@@ -20,7 +20,8 @@ DEPLOY = ROOT / "deploy"
 COLLECTOR_CONFIGS = [ROOT / "otel-collector-config.yaml", DEPLOY / "otel-collector-gateway.yaml",
                      DEPLOY / "otel-collector-agent.yaml"]
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "le", "without", "avg",
-                "max", "min", "count", "on", "ignoring", "group_left", "group_right"}
+                "max", "min", "count", "on", "ignoring", "group_left", "group_right",
+                "max_over_time"}
 
 
 def dashboard() -> dict[str, Any]:

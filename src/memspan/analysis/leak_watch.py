@@ -1,8 +1,10 @@
 """Live leak detection: a ``memspan.leak.suspected`` event when a path starts leaking.
 
-Listens to phase exits. Per phase path it keeps a :class:`RunSeries` (constant memory) and,
-once the path has run ``min_runs`` times, applies the same verdict function as the report;
-the first time a path is ``leaking`` the event goes on that run's span, once per path.
+Listens to phase exits and feeds a :class:`~memspan.analysis.attribution.CycleAttribution`
+(bounded memory), the same one the report builds from the spans; once a path has run
+``min_runs`` times it is judged by the same rules as the report (with its ancestors, so a child
+is blamed only inside a leaking parent); the first time a path is ``leaking`` the event goes on
+that run's span, once per path.
 
 A path is judged at its ``min_runs``-th run and then every :data:`VERDICT_EVERY` runs (the
 event can come that many runs after the verdict would first have said leaking; the sums are
@@ -18,8 +20,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from memspan import names
+from memspan.analysis.attribution import CycleAttribution, FinishedRun
+from memspan.analysis.run_series import RunSeries
 from memspan.analysis.thresholds import LeakThresholds
-from memspan.analysis.verdicts import LEAKING, RunSeries, verdict_for
+from memspan.analysis.verdicts import LEAKING, judge_with_ancestors, top_path
 from memspan.drops import LEAK_WATCH_PATHS, DropLedger
 
 if TYPE_CHECKING:
@@ -36,33 +40,48 @@ class LeakWatcher:
                  max_paths: int = 1024) -> None:
         self._ledger = ledger
         self.thresholds = thresholds
-        self.max_paths = max_paths
-        self.series: dict[str, RunSeries] = {}
+        self.attribution = CycleAttribution(max_paths=max_paths)
         self.flagged: set[str] = set()
+
+    @property
+    def max_paths(self) -> int:
+        """At most this many paths are tracked (runs of further paths are counted)."""
+        return self.attribution.max_paths
+
+    @max_paths.setter
+    def max_paths(self, value: int) -> None:
+        self.attribution.max_paths = value
+
+    @property
+    def series(self) -> dict[str, RunSeries]:
+        """Every tracked path's evidence so far."""
+        return self.attribution.series
 
     def phase_ended(self, phase: PhaseSpan) -> None:
         figures = phase.exit
         if figures is None or figures.primary_start is None or figures.primary_end is None:
             return
         path = phase.path_text
-        series = self.series.get(path)
-        if series is None:
-            if len(self.series) >= self.max_paths:
-                self._ledger.add(LEAK_WATCH_PATHS)
-                return
-            series = self.series[path] = RunSeries()
-        series.add(figures.primary_start, figures.primary_end, figures.primary_peak,
-                   figures.peak_exact is True)
-        if series.n < self.thresholds.min_runs or path in self.flagged:
+        dropped = self.attribution.dropped_paths
+        added = (figures.primary_peak - figures.primary_start
+                 if figures.peak_exact is True and figures.primary_peak is not None else None)
+        self.attribution.add(FinishedRun(path, figures.primary_start, figures.primary_end,
+                                         added))
+        if self.attribution.dropped_paths != dropped:
+            self._ledger.add(LEAK_WATCH_PATHS)
             return
-        if series.n % VERDICT_EVERY and series.n != self.thresholds.min_runs:
-            return  # the fit and the verdict's sentence: once every VERDICT_EVERY runs
-        slope, r2 = series.fit()
+        series = self.series[path]
         limits = self.thresholds
+        if series.n < limits.min_runs or path in self.flagged:
+            return
+        if series.n % VERDICT_EVERY and series.n != limits.min_runs:
+            return  # the fit and the verdict's sentence: once every VERDICT_EVERY runs
+        top = self.series[top_path(path, self.series, limits)]
+        slope, r2 = top.level_fit()
         if slope < limits.slope_bytes_per_run or r2 < limits.min_r2 \
-                or slope * (series.n - 1) < limits.growth_bytes:
-            return  # cheap pre-checks: the verdict (and its sentence) only for likely leaks
-        verdict = verdict_for(series, self.thresholds)
+                or slope * (top.n - 1) < limits.growth_bytes:
+            return  # cheap pre-checks: only a rising top path can make a leak below it
+        verdict = judge_with_ancestors(path, self.series, limits)
         if verdict.verdict == LEAKING:
             self.flagged.add(path)
             phase.add_late_event(names.LEAK_EVENT, {

@@ -24,22 +24,25 @@ MIB = 1 << 20
 class LeakThresholds:
     """When a phase path is leaking, on a plateau, leak-free, or not judged yet.
 
-    *Held* is the memory a path still holds after its last run (the sum of what each run
-    kept); *working memory* is the most one run of the path added at its peak
-    (``peak - start``); *process* is the process's (or device's) figure after the last run.
+    *Held* is what a path's runs retained in all (each run: how far it raised the retained
+    baseline of its parent's cycle); *working memory* is the most one run of the path added at
+    its peak (``peak - start``); *process* is the process's (or device's) figure after the last
+    run. Growth is judged after warm-up (the first tenth of the runs).
 
     - ``min_runs``: runs of a path needed for any verdict (else ``insufficient data``).
-    - leaking: the held memory grows along a line (R² >= ``min_r2``), the fitted growth over
-      all runs is at least ``max(growth_bytes, growth_share * working memory)`` (so the slope
-      needed per run falls as the run count grows, and rises with the path's own size), the
-      slope is at least ``slope_bytes_per_run`` (page-sized noise is never a leak), and the mean
-      memory kept per run is at least ``min_drift_t`` standard errors above zero (a random walk
-      of noise is not a leak).
-    - plateau: not growing, held >= ``plateau_floor_bytes`` and (held >= ``plateau_share`` of
-      the working memory, or, when no run had an exact peak, >= ``plateau_process_share`` of
-      the process; or held >= ``plateau_bytes``).
-    - critical bloat (a plateau raised to an alert): held >= ``critical_share`` of the working
-      memory, or held >= ``critical_process_share`` of the process.
+    - leaking (a top path, usually ``step``): the end level grows along a line (R² >=
+      ``min_r2``), at least ``slope_bytes_per_run`` per run (page-sized noise is never a leak)
+      and ``max(growth_bytes, growth_share * working memory)`` over the runs (so the slope
+      needed falls as the run count grows and rises with the path's size), and the path's runs
+      retain at least ``attribution_share`` of that slope, ``min_drift_t`` standard errors
+      above zero (growth between its runs, or a random walk of noise, is not its leak).
+    - leaking (a path inside a repeated parent): the parent is leaking and this path's runs
+      retain at least ``attribution_share`` of what the parent's retain.
+    - plateau: not leaking, held >= ``plateau_floor_bytes`` and >= ``plateau_process_floor_share``
+      of the process, and (held >= ``plateau_share`` of the working memory, or, when no run had
+      an exact peak, >= ``plateau_process_share`` of the process; or held >= ``plateau_bytes``).
+    - critical bloat (a plateau raised to an alert): held >= ``critical_process_share`` of the
+      process and >= ``critical_share`` of the working memory (when known).
     """
 
     min_runs: int = 5
@@ -48,7 +51,9 @@ class LeakThresholds:
     growth_bytes: int = 4 * MIB
     growth_share: float = 0.1
     min_drift_t: float = 3.0
+    attribution_share: float = 0.5
     plateau_floor_bytes: int = 1 * MIB
+    plateau_process_floor_share: float = 0.01
     plateau_share: float = 0.8
     plateau_process_share: float = 0.1
     plateau_bytes: int = 64 * MIB
@@ -96,7 +101,9 @@ _ACCEPTED = {
     "growth_bytes": "an integer number of bytes > 0",
     "growth_share": "a number in [0, 10]",
     "min_drift_t": "a number >= 0",
+    "attribution_share": _SHARE,
     "plateau_floor_bytes": "an integer number of bytes > 0",
+    "plateau_process_floor_share": _SHARE,
     "plateau_share": _SHARE,
     "plateau_process_share": _SHARE,
     "plateau_bytes": "an integer number of bytes > 0",
@@ -110,7 +117,9 @@ _IN_RANGE = {
     "growth_bytes": lambda v: v > 0,
     "growth_share": lambda v: 0.0 <= v <= 10.0,
     "min_drift_t": lambda v: v >= 0,
+    "attribution_share": lambda v: 0.0 < v <= 1.0,
     "plateau_floor_bytes": lambda v: v > 0,
+    "plateau_process_floor_share": lambda v: 0.0 < v <= 1.0,
     "plateau_share": lambda v: 0.0 < v <= 1.0,
     "plateau_process_share": lambda v: 0.0 < v <= 1.0,
     "plateau_bytes": lambda v: v > 0,
@@ -121,13 +130,16 @@ _RULES = {
     "min_runs": f"runs needed for any verdict ({ev.MEMSPAN_LEAK_MIN_RUNS})",
     "min_r2": f"leak: the held memory follows a line this well ({ev.MEMSPAN_LEAK_MIN_R2})",
     "slope_bytes_per_run": f"leak: at least this growth per run ({ev.MEMSPAN_LEAK_SLOPE_BYTES})",
-    "growth_bytes": "leak: fitted growth over all runs at least this...",
+    "growth_bytes": "leak: fitted growth after warm-up at least this...",
     "growth_share": "...and at least this share of the path's working memory",
-    "min_drift_t": "leak: mean kept per run this many standard errors above zero",
+    "min_drift_t": "leak: mean retained per run this many standard errors above zero",
+    "attribution_share": "leak: a path's runs retain this share of the rise (of a top path's "
+                         "end level, or of what its leaking parent's runs retain)",
     "plateau_floor_bytes": "plateau: held at least this...",
+    "plateau_process_floor_share": "...and this share of the process...",
     "plateau_share": "...and this share of the working memory (or plateau_bytes)",
     "plateau_process_share": "...or, no run having an exact peak, this share of the process",
     "plateau_bytes": f"plateau: held at least this, whatever the share ({ev.MEMSPAN_PLATEAU_BYTES})",
     "critical_share": "critical bloat: held at least this share of the working memory...",
-    "critical_process_share": "...or this share of the process's memory",
+    "critical_process_share": "...and this share of the process's memory",
 }

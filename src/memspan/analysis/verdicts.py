@@ -1,32 +1,33 @@
 """One function decides a phase path's verdict, one the page's badge: they cannot disagree.
 
-Input: for each run of the path, the primary memory figure (allocated bytes on a GPU, RSS on
-a host) at the run's start and end, and its peak when known. A run *keeps* ``end - start``
-(signed: memory freed in a run counts against memory kept in another; RAM-FLOW clamped
-deltas at zero and saw leaks in noise). The path *holds* after run k the sum of what runs
-1..k kept, which charges a path only for its own runs, not for what other code did in between.
-Its *working memory* is the most one run added at its peak (``peak - start``).
+Input: each path's :class:`~memspan.analysis.run_series.RunSeries`, fed by
+:class:`~memspan.analysis.attribution.CycleAttribution`: the level (memory in use) at the end
+of each run, and each run's *retained* bytes (how far it raised the retained baseline of its
+parent's cycle, net of what its siblings and the next cycle release). A path *holds* the sum of
+its runs' retained bytes, shown between 0 and the process's figure; its *working memory* is the
+most one run added at its peak.
 
-Verdicts (thresholds in :class:`LeakThresholds`, worked examples in docs/reports.md):
+Order (worked examples in docs/reports.md; thresholds in :class:`LeakThresholds`):
 
 - ``insufficient data``: fewer than ``min_runs`` runs. Never shown as leak-free.
-- *growing*: the held memory follows a line (least squares over the run index,
-  R² >= ``min_r2``) rising at least ``slope_bytes_per_run`` per run, and the mean kept per
-  run is ``min_drift_t`` standard errors above zero (noise is not growth).
-- ``leaking``: growing, and the fitted growth over all runs reaches ``max(growth_bytes,
-  growth_share * working memory)`` (a per-run threshold that falls with the run count and
-  rises with the path's size). Growing but under that: ``insufficient data`` (more runs).
-- ``plateau``: not growing, and the held memory is at least ``plateau_floor_bytes`` and at
-  least ``plateau_share`` of the working memory (or ``plateau_bytes``; when no run had an
-  exact peak, ``plateau_process_share`` of the process): acquired and never
-  released. It is *critical* (the CRITICAL BLOAT alert) when what is held is at least
-  ``critical_share`` of the working memory or ``critical_process_share`` of the process,
-  however few MiB that is.
+- A *top* path (its parent path ran fewer than ``min_runs`` times, or it has none: usually
+  ``step``) is ``leaking`` when, after warm-up (the first tenth of its runs), its end level
+  rises along a line (R² >= ``min_r2``, at least ``slope_bytes_per_run`` per run, at least
+  ``max(growth_bytes, growth_share * working memory)`` over the runs) and the rise is inside its
+  own runs: what they retain per run is at least ``attribution_share`` of the slope and
+  ``min_drift_t`` standard errors above zero (growth between its runs is some other code's).
+- A path inside a repeated parent is ``leaking`` only when its parent is, and its runs retain
+  at least ``attribution_share`` of what the parent's runs retain (the evidence says which
+  share: how sure the attribution is). A child of a flat parent is never leaking.
+- ``plateau``: not leaking, and it holds at least ``plateau_floor_bytes`` and
+  ``plateau_process_floor_share`` of the process, and at least ``plateau_share`` of its working
+  memory (``plateau_process_share`` of the process when no peak was exact), or
+  ``plateau_bytes``: acquired and never released. *Critical* (the CRITICAL BLOAT alert) when
+  it holds at least ``critical_process_share`` of the process and ``critical_share`` of its
+  working memory (when known).
 - ``leak-free``: judged, and neither.
 
 Every verdict carries one sentence of evidence with the figures and the thresholds used.
-:class:`RunSeries` keeps its sums incrementally (O(1) memory and time per run), so the same
-code serves the live watcher and a report over a million spans.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from memspan.analysis.attribution import PATH_SEPARATOR
+from memspan.analysis.run_series import RunSeries
 from memspan.analysis.thresholds import LeakThresholds
 
 INSUFFICIENT = "insufficient data"
@@ -80,130 +83,171 @@ class Verdict:
     process_bytes: int | None
     growth_threshold_bytes: float
     evidence: str
+    retained_bytes_per_run: float = 0.0
+    share_of_parent: float | None = None
 
     @property
     def severity(self) -> int:
         return SEVERITY[self.verdict] + (1 if self.critical else 0)
 
 
-class RunSeries:
-    """Incremental least squares over (run index, memory held by the path after the run)."""
+@dataclass(frozen=True)
+class ParentContext:
+    """What a path inside a repeated parent needs from it: its series and its verdict."""
 
-    __slots__ = ("held", "kept_sq", "last_end", "n", "sx", "sxx", "sxy", "sy", "syy", "working",
-                 "working_known")
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.sx = self.sy = self.sxx = self.sxy = self.syy = 0.0
-        self.kept_sq = 0.0
-        self.held = 0
-        self.working = 0
-        self.working_known = False
-        self.last_end: int | None = None
-
-    def add(self, start: int, end: int, peak: int | None = None,
-            exact: bool | None = None) -> None:
-        """One run. ``peak`` tells the working memory only when it is exact (the high-water
-        mark rose inside the run) or its exactness is not known (``None``: a producer that does
-        not say); an inexact peak (the highest reading seen) is only a lower bound."""
-        kept = end - start
-        self.held += kept
-        self.kept_sq += float(kept) * float(kept)
-        if peak is not None and exact is not False:
-            self.working = max(self.working, peak - start)
-            self.working_known = True
-        self.working = max(self.working, kept)
-        self.last_end = end
-        x = float(self.n)
-        y = float(self.held)
-        self.n += 1
-        self.sx += x
-        self.sy += y
-        self.sxx += x * x
-        self.sxy += x * y
-        self.syy += y * y
-
-    def fit(self) -> tuple[float, float]:
-        """(slope in bytes per run, R²) of the held memory; (0, 0) with < 2 runs."""
-        n = self.n
-        if n < 2:
-            return 0.0, 0.0
-        var_x = self.sxx - self.sx * self.sx / n
-        var_y = self.syy - self.sy * self.sy / n
-        cov = self.sxy - self.sx * self.sy / n
-        if var_x <= 0:
-            return 0.0, 0.0
-        slope = cov / var_x
-        r2 = (cov * cov) / (var_x * var_y) if var_y > 1e-9 * max(1.0, self.syy) else 0.0
-        return slope, min(1.0, max(0.0, r2))
-
-    def drift_t(self) -> float:
-        """Mean kept per run in standard errors (a one-sample t statistic); inf if no spread."""
-        n = self.n
-        if n < 2:
-            return 0.0
-        mean = self.held / n
-        variance = max(0.0, (self.kept_sq - n * mean * mean) / (n - 1))
-        if variance <= 1e-9 * max(1.0, mean * mean):
-            return math.inf if mean > 0 else 0.0
-        return mean / math.sqrt(variance / n)
+    path: str
+    series: RunSeries
+    verdict: Verdict
 
 
-def verdict_for(series: RunSeries, thresholds: LeakThresholds | None = None) -> Verdict:
-    """The verdict of one path (see the module docstring for the rules)."""
+def verdict_for(series: RunSeries, thresholds: LeakThresholds | None = None,
+                parent: ParentContext | None = None) -> Verdict:
+    """The verdict of one path (see the module docstring for the rules); ``parent`` is given
+    for a path whose parent path ran at least ``min_runs`` times."""
     t = thresholds or LeakThresholds()
-    slope, r2 = series.fit()
-    n, held, working = series.n, series.held, series.working
-    growth = slope * max(0, n - 1)
-    needed = max(float(t.growth_bytes), t.growth_share * working)
-    per_run = max(t.slope_bytes_per_run, needed / max(1, n - 1))
+    slope, r2 = series.level_fit()
+    rate, drift_t, judged = series.retained_after_warm_up()
+    n, working = series.n, series.working
     process = series.last_end
-    growing = r2 >= t.min_r2 and slope >= t.slope_bytes_per_run \
-        and series.drift_t() >= t.min_drift_t
-    trend = f"{human_bytes(slope)}/run, R² {r2:.2f}"
+    held = max(0, series.held)
+    if process is not None and process > 0:
+        held = min(held, process)
+    growth = slope * max(0, judged - 1)
+    needed = max(float(t.growth_bytes), t.growth_share * working)
+    trend = f"end level {human_bytes(slope)}/run after warm-up, R² {r2:.2f}"
+    kept = f"its runs retain {human_bytes(rate)}/run"
     critical = False
+    share: float | None = None
+    leaking = False
     if n < t.min_runs:
         name = INSUFFICIENT
         evidence = (f"Ran {_runs(n)}; a verdict needs at least {t.min_runs} runs "
                     f"(so far it holds {human_bytes(held)}).")
-    elif growing and growth >= needed and slope >= per_run:
-        name = LEAKING
-        evidence = (f"Grew {human_bytes(growth)} over {n} runs ({trend}); a leak is growth "
-                    f"of at least {human_bytes(needed)} over the runs "
-                    f"({human_bytes(per_run)}/run) with R² ≥ {t.min_r2:.2f}.")
-    elif growing:
-        name = INSUFFICIENT
-        evidence = (f"Grows steadily ({trend}) but only {human_bytes(growth)} over {n} runs, "
-                    f"under the {human_bytes(needed)} a leak needs: more runs are needed "
-                    "for a verdict.")
-    elif held >= t.plateau_floor_bytes and (
-            (series.working_known and held >= t.plateau_share * working)
-            or (not series.working_known and process is not None
-                and held >= t.plateau_process_share * process)
-            or held >= t.plateau_bytes):
-        name = PLATEAU
-        critical = (series.working_known and held >= t.critical_share * working) or (
-            process is not None and process > 0 and held >= t.critical_process_share * process)
-        rule = (f"plateau at ≥ {t.plateau_share:.0%} of the working memory (or "
-                f"≥ {human_bytes(t.plateau_bytes)}), critical at ≥ {t.critical_share:.0%} of it "
-                f"or ≥ {t.critical_process_share:.0%} of the process" if series.working_known
-                else f"plateau at ≥ {t.plateau_process_share:.0%} of the process (or "
-                     f"≥ {human_bytes(t.plateau_bytes)}), critical at "
-                     f"≥ {t.critical_process_share:.0%} of it")
-        evidence = (f"Holds {human_bytes(held)} after {n} runs, not growing ({trend}): "
-                    f"{_against(series, held, process)}; "
-                    f"{'critical bloat' if critical else 'a plateau'}: {rule}.")
+    elif parent is None:
+        rising = r2 >= t.min_r2 and slope >= t.slope_bytes_per_run
+        inside = rate >= t.attribution_share * slope and drift_t >= t.min_drift_t
+        leaking = rising and inside and growth >= needed
+        if leaking:
+            name = LEAKING
+            evidence = (f"Grew {human_bytes(growth)} over {judged} runs after warm-up ({trend}); "
+                        f"{kept}, {_share(rate, slope)} of the rise; a leak is growth of at "
+                        f"least {human_bytes(needed)} with R² ≥ {t.min_r2:.2f}, retained inside "
+                        "the path's own runs.")
+        elif rising and inside:
+            name = INSUFFICIENT
+            evidence = (f"Grows steadily ({trend}; {kept}) but only {human_bytes(growth)} over "
+                        f"{judged} runs, under the {human_bytes(needed)} a leak needs: more runs "
+                        "are needed for a verdict.")
+        else:
+            name = ""
+            evidence = ""
     else:
-        name = LEAK_FREE
-        plateau = (f"≥ {t.plateau_share:.0%} of the working memory" if series.working_known
-                   else f"≥ {t.plateau_process_share:.0%} of the process")
-        evidence = (f"Holds {human_bytes(held)} after {n} runs ({trend}): "
-                    f"{_against(series, held, process)}; under the leak threshold "
-                    f"(≥ {human_bytes(needed)} over the runs, R² ≥ {t.min_r2:.2f}) and the "
-                    f"plateau threshold ({plateau}).")
+        parent_rate, _, _ = parent.series.retained_after_warm_up()
+        carried = rate * n / max(1, parent.series.n)
+        share = carried / parent_rate if parent_rate > 0 else 0.0
+        leaking = (parent.verdict.verdict == LEAKING and share >= t.attribution_share
+                   and rate >= t.slope_bytes_per_run and drift_t >= t.min_drift_t)
+        if leaking:
+            name = LEAKING
+            evidence = (f"Carries {share:.0%} of the growth of {parent.path}, which is leaking: "
+                        f"{kept} after warm-up ({trend}); a child is blamed when it retains at "
+                        f"least {t.attribution_share:.0%} of what its parent's runs retain.")
+        else:
+            name = ""
+            evidence = ""
+    if not name:
+        name, critical, evidence = _plateau_or_clean(series, held, process, t, trend, kept,
+                                                     parent, share)
     badge = CRITICAL_BADGE if critical else BADGES[name]
     return Verdict(name, badge, critical, n, held, slope, growth, r2, working, process,
-                   needed, evidence)
+                   needed, evidence, rate, share)
+
+
+def _plateau_or_clean(series: RunSeries, held: int, process: int | None, t: LeakThresholds,
+                      trend: str, kept: str, parent: ParentContext | None,
+                      share: float | None) -> tuple[str, bool, str]:
+    working = series.working
+    of_process = process is not None and process > 0
+    big_enough = held >= t.plateau_floor_bytes and (
+        not of_process or held >= t.plateau_process_floor_share * (process or 0))
+    against_path = (series.working_known and held >= t.plateau_share * working) or (
+        not series.working_known and of_process
+        and held >= t.plateau_process_share * (process or 0))
+    context = ""
+    if parent is not None and parent.verdict.verdict == LEAKING and share is not None:
+        context = f" Its parent {parent.path} is leaking; this path carries {share:.0%} of it."
+    released = (f" Its runs released {human_bytes(-series.held)} more than they kept."
+                if series.held < 0 else "")
+    if big_enough and (against_path or held >= t.plateau_bytes):
+        critical = of_process and held >= t.critical_process_share * (process or 0) and (
+            not series.working_known or held >= t.critical_share * working)
+        rule = (f"a plateau holds ≥ {human_bytes(t.plateau_floor_bytes)} and "
+                f"≥ {t.plateau_process_floor_share:.0%} of the process, and "
+                + (f"≥ {t.plateau_share:.0%} of the working memory" if series.working_known
+                   else f"≥ {t.plateau_process_share:.0%} of the process")
+                + f" (or ≥ {human_bytes(t.plateau_bytes)}); critical at "
+                  f"≥ {t.critical_process_share:.0%} of the process"
+                + (f" and ≥ {t.critical_share:.0%} of the working memory"
+                   if series.working_known else ""))
+        evidence = (f"Holds {human_bytes(held)} after {series.n} runs, not growing ({trend}): "
+                    f"{_against(series, held, process)}; "
+                    f"{'critical bloat' if critical else 'a plateau'}: {rule}.{context}")
+        return PLATEAU, critical, evidence
+    evidence = (f"Holds {human_bytes(held)} after {series.n} runs ({trend}; {kept}): "
+                f"{_against(series, held, process)}; under the leak threshold (growth of "
+                f"≥ {human_bytes(max(float(t.growth_bytes), t.growth_share * working))} with "
+                f"R² ≥ {t.min_r2:.2f}, retained inside its runs) and the plateau threshold."
+                f"{released}{context}")
+    return LEAK_FREE, False, evidence
+
+
+def judge_paths(series: dict[str, RunSeries], thresholds: LeakThresholds | None = None
+                ) -> dict[str, Verdict]:
+    """Every path's verdict, outermost first, so each child sees its parent's verdict."""
+    t = thresholds or LeakThresholds()
+    verdicts: dict[str, Verdict] = {}
+    for path in sorted(series, key=lambda p: (p.count(PATH_SEPARATOR), p)):
+        verdicts[path] = verdict_for(series[path], t, parent_context(path, series, verdicts, t))
+    return verdicts
+
+
+def judge_with_ancestors(path: str, series: dict[str, RunSeries],
+                         thresholds: LeakThresholds | None = None) -> Verdict:
+    """One path's verdict, judging only it and its ancestors (as :func:`judge_paths` would)."""
+    t = thresholds or LeakThresholds()
+    verdicts: dict[str, Verdict] = {}
+    for prefix in _ancestors_and_self(path):
+        if prefix in series:
+            verdicts[prefix] = verdict_for(series[prefix], t,
+                                           parent_context(prefix, series, verdicts, t))
+    return verdicts.get(path) or verdict_for(RunSeries(), t)
+
+
+def top_path(path: str, series: dict[str, RunSeries], thresholds: LeakThresholds) -> str:
+    """The path whose verdict decides whether ``path`` can leak: ``path`` itself, or the
+    nearest ancestor judged as a top path (walking up while the parent ran ``min_runs`` times)."""
+    while True:
+        parent = path.rpartition(PATH_SEPARATOR)[0]
+        parent_series = series.get(parent) if parent else None
+        if parent_series is None or parent_series.n < thresholds.min_runs:
+            return path
+        path = parent
+
+
+def _ancestors_and_self(path: str) -> list[str]:
+    parts = path.split(PATH_SEPARATOR)
+    return [PATH_SEPARATOR.join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def parent_context(path: str, series: dict[str, RunSeries], verdicts: dict[str, Verdict],
+                   t: LeakThresholds) -> ParentContext | None:
+    """The parent a path is judged against: its parent path when that ran ``min_runs`` times
+    and has a verdict; ``None`` for a top path."""
+    parent = path.rpartition(PATH_SEPARATOR)[0]
+    parent_series = series.get(parent) if parent else None
+    if parent_series is None or parent_series.n < t.min_runs or parent not in verdicts:
+        return None
+    return ParentContext(parent, parent_series, verdicts[parent])
 
 
 def _against(series: RunSeries, held: int, process: int | None) -> str:

@@ -249,6 +249,7 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail(f"cannot write the child's sitecustomize ({error.strerror or error}); "
                      "the command was not started")
     env = child_environment(config, dump_dir, output_dir, breadcrumbs, args.service_name, site)
+    _drop_bad_metric_intervals(env)
     if not breadcrumbs:
         env[ev.MEMSPAN_BREADCRUMBS] = "false"
     service = child_service_name(command, env)
@@ -264,6 +265,18 @@ def run_command(args: argparse.Namespace) -> int:
             warning = group.remove()
             if warning:
                 _warn(warning)
+
+
+def _drop_bad_metric_intervals(env: dict[str, str]) -> None:
+    """A bad ``OTEL_METRIC_EXPORT_INTERVAL``/``_TIMEOUT`` would make the SDK's metric reader
+    raise in the child's auto-initialisation (tracebacks, no metrics): one line here, and the
+    child runs with the SDK's default instead."""
+    for name in (ev.OTEL_METRIC_EXPORT_INTERVAL, ev.OTEL_METRIC_EXPORT_TIMEOUT):
+        try:
+            ev.read(name, env)
+        except ConfigError as error:
+            _warn(f"{error}; ignored: the command runs with the SDK's default")
+            env.pop(name, None)
 
 
 def _memspan_disabled(env: Mapping[str, str]) -> bool:

@@ -14,13 +14,17 @@ Invariants:
 - When a line would take the file past ``max_bytes`` the file is rotated to ``<path>.1``
   (replacing the previous ``.1``). On disk there are therefore at most ``2 * max_bytes``
   bytes per file. The records of a replaced ``.1`` are counted as dropped
-  (``output_rotated``); a single line larger than ``max_bytes`` is dropped and counted
+  (``output_rotated``: spans for the span file, whatever the batch a line holds, lines
+  otherwise); a single line larger than ``max_bytes`` is dropped and counted
   (``output_oversized``). Nothing is dropped silently.
 - The directory is created 0700 when memspan creates it and the files are 0600: telemetry
   holds paths, attribute values and host names that are nobody else's business. Files are
   opened with ``O_NOFOLLOW``: a symlink planted at the path is refused, not followed.
 - If another process rotated the file, the next write notices (the inode changed) and
-  reopens the path.
+  reopens the path. Two processes rotating at once: the loser's ``os.replace`` finds no file
+  (ENOENT) and its line goes into the new file the winner left, never dropped for that.
+  With several writers the bound is per file set: at most ``2 * max_bytes`` on disk, and
+  what a rotation replaces is counted by the writer that replaced it.
 """
 
 from __future__ import annotations
@@ -68,8 +72,11 @@ class BoundedLineFile(io.TextIOBase):
         self.write_line(text.encode("utf-8"))
         return len(text)
 
-    def write_line(self, data: bytes) -> bool:
-        """Append ``data`` (one or more whole lines) or drop it whole; True when written."""
+    def write_line(self, data: bytes, *, records: int | None = None) -> bool:
+        """Append ``data`` (one or more whole lines) or drop it whole; True when written.
+
+        ``records``: how many telemetry records (spans) the data holds, which a rotation that
+        drops it counts; by default its lines."""
         if len(data) > self.max_bytes:
             self._ledger.add(
                 OUTPUT_OVERSIZED,
@@ -93,7 +100,7 @@ class BoundedLineFile(io.TextIOBase):
                     "the record was dropped whole",
                 )
                 return False
-            self._records += data.count(b"\n") or 1
+            self._records += records if records is not None else (data.count(b"\n") or 1)
         return True
 
     def _write_whole(self, data: bytes, size_before: int) -> None:
@@ -141,7 +148,14 @@ class BoundedLineFile(io.TextIOBase):
                 self._rotated_records,
                 warning=f"{self.path} reached its size bound; the oldest records were dropped",
             )
-        os.replace(self.path, rotated)
+        try:
+            os.replace(self.path, rotated)
+        except FileNotFoundError:
+            # another process rotated it first: the file on the path is new; write there
+            os.close(self._fd)
+            self._fd = self._open()
+            self._records = 0
+            return
         self._rotated_records = self._records
         os.close(self._fd)
         self._fd = self._open()

@@ -38,6 +38,9 @@ class CountingBatchSpanProcessor(BatchSpanProcessor, BatchingProcessor):
         self._queue: Sized | None = found[0] if found is not None else None
         self._limit: int | None = found[1] if found is not None else None
         self.counting = found is not None
+        #: the check and the append are one step, so concurrent callers never both count
+        #: the one free slot as full
+        self._count_lock = threading.Lock()
         if not self.counting and not _warned.is_set():
             _warned.set()
             _logger.warning(
@@ -48,8 +51,14 @@ class CountingBatchSpanProcessor(BatchSpanProcessor, BatchingProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         queue, limit = self._queue, self._limit
-        if queue is not None and limit is not None and len(queue) >= limit:
-            self._ledger.add(EXPORT_QUEUE_FULL,
-                             warning="the span export queue is full (is the exporter down?); "
-                                     "the oldest spans are dropped")
-        super().on_end(span)
+        if queue is None or limit is None:
+            super().on_end(span)
+            return
+        with self._count_lock:
+            full = len(queue) >= limit
+            super().on_end(span)
+        if full:
+            self._ledger.add(EXPORT_QUEUE_FULL, warning=(
+                f"the span export queue ({limit} spans) is full: spans end faster than the "
+                "exporter takes them (many short phases in a fast loop, or a slow or "
+                "unreachable exporter); the oldest spans are dropped"))

@@ -77,7 +77,7 @@ class SpanLinesExporter(SpanExporter):
             return True
         data = json_line(encoded)
         if len(data) <= self._stream.max_bytes:
-            return self._stream.write_line(data)
+            return self._stream.write_line(data, records=len(spans))  # rotation counts spans
         if len(spans) == 1:
             self._ledger.add(
                 OUTPUT_SPAN_OVERSIZED,

@@ -35,14 +35,22 @@ from typing import Any
 from memspan import names
 from memspan.launcher.exit_classify import ProcessExitClassification
 from memspan.names import EventType
+from memspan.oom.breadcrumb_stack import (
+    MAX_READ_BYTES as MAX_STACK_BYTES,
+)
+from memspan.oom.breadcrumb_stack import (
+    OpenStack,
+    parse_open_stack,
+    stack_name,
+)
 from memspan.oom.breadcrumbs import DIRECTORY, read_breadcrumb
 from memspan.oom.bundle import BundleContent, bundle_name, write_bundle
 from memspan.oom.recorder import environment_report
 from memspan.oom.retention import prune
-from memspan.safe_files import UnsafePathError, check_directory, unlink_in
+from memspan.safe_files import UnsafePathError, check_directory, read_regular_file, unlink_in
 
-_NAME = re.compile(r"^r(\d{1,9})_p(\d{1,9})\.jsonl$")
-_TEMPORARY = re.compile(r"^\.r(\d{1,9})_p(\d{1,9})\.jsonl\.[0-9a-f]+\.tmp$")
+_NAME = re.compile(r"^r(\d{1,9})_p(\d{1,9})\.(jsonl|stack)$")
+_TEMPORARY = re.compile(r"^\.r(\d{1,9})_p(\d{1,9})\.(?:jsonl|stack)\.[0-9a-f]+\.tmp$")
 #: Bytes of the child's output tail kept in a bundle's metadata (per stream).
 OUTPUT_EXCERPT_BYTES = 8 << 10
 _RSS_KEYS = ("rss", "rss_peak")
@@ -85,28 +93,157 @@ def signalled(exit_code: int) -> bool:
     return 128 < exit_code <= 128 + 64 and (exit_code - 128) in signal.valid_signals()
 
 
-def open_phases(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Replay phase boundaries: the phases still open when the events stop.
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+            and abs(value) < 1e12:
+        return float(value)
+    return None
 
-    The flight recorder's :func:`memspan.oom.service.phase_stack` answers the same question
-    for a live process by walking the open phases' parent links (exact, with thread and user
-    attributes); a SIGKILLed child leaves only its breadcrumb events, so here the stack is
-    rebuilt from ``phase_start``/``phase_end`` events (phases whose start was evicted from the
-    ring are missing). The entries share the keys ``name``, ``path`` and ``scope_id``.
+
+def _text(value: Any, limit: int = 4096) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _entry(record: dict[str, Any]) -> dict[str, Any]:
+    """A phase stack entry from a ``phase_start`` event or an open stack-file record."""
+    path = _text(record.get("path")) or ""
+    name = _text(record.get("name"), 256) or path.rsplit(names.PATH_SEPARATOR, 1)[-1]
+    entry: dict[str, Any] = {"name": name, "path": path, "scope_id": record.get("scope_id"),
+                             "parent_scope_id": _text(record.get("parent_scope_id"), 256)}
+    depth = record.get("depth")
+    entry["depth"] = depth if type(depth) is int else path.count(names.PATH_SEPARATOR) + 1
+    for key in ("thread_id", "thread_name"):
+        if isinstance(record.get(key), (int, str)) and not isinstance(record.get(key), bool):
+            entry[key] = record[key]
+    start = _number(record.get("start"))
+    entry["start"] = start if start is not None else _number(record.get("ts"))
+    attributes = record.get("attributes")
+    entry["attributes"] = dict(attributes) if isinstance(attributes, dict) else {}
+    truncated = record.get("attributes_truncated")
+    if type(truncated) is int and truncated > 0:
+        entry["attributes_truncated"] = truncated
+    return entry
+
+
+def _scope(record: dict[str, Any]) -> str | None:
+    scope = record.get("scope_id")
+    return scope if isinstance(scope, str) and scope else None
+
+
+def open_candidates(events: list[dict[str, Any]], stack: OpenStack | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """Every phase open when the process died, by scope id (see :func:`open_phases`)."""
+    ended = {scope for e in events if e.get("type") == EventType.PHASE_END.value
+             and (scope := _scope(e)) is not None}
+    if stack is not None and stack.valid:
+        ended.update(scope for r in stack.closed if (scope := _scope(r)) is not None)
+    candidates: dict[str, dict[str, Any]] = {}
+    from_events = stack is None or not stack.valid or stack.overflow > 0
+    if stack is not None and stack.valid:
+        for record in stack.open:
+            scope = _scope(record)
+            if scope is not None and scope not in ended:
+                candidates[scope] = _entry(record)
+    if from_events:  # no stack file, or starts it had no slot for: the ring's starts
+        for event in events:
+            scope = _scope(event)
+            if event.get("type") == EventType.PHASE_START.value and scope is not None \
+                    and scope not in ended and scope not in candidates \
+                    and len(candidates) < 10_000:
+                candidates[scope] = _entry(event)
+    return candidates
+
+
+def _parent(entry: dict[str, Any], candidates: dict[str, dict[str, Any]]
+            ) -> dict[str, Any] | None:
+    parent_scope = entry.get("parent_scope_id")
+    if parent_scope is not None:
+        return candidates.get(parent_scope)
+    # an older writer's events name no parent: the latest open phase at the parent path
+    # that started before this one (on the same thread when both say which)
+    path = entry["path"]
+    if names.PATH_SEPARATOR not in path:
+        return None
+    parent_path = path.rsplit(names.PATH_SEPARATOR, 1)[0]
+    start = entry.get("start") or 0.0
+    best = None
+    for other in candidates.values():
+        if other["path"] != parent_path or (other.get("start") or 0.0) > start:
+            continue
+        if "thread_id" in other and "thread_id" in entry \
+                and other["thread_id"] != entry["thread_id"]:
+            continue
+        if best is None or (other.get("start") or 0.0) > (best.get("start") or 0.0):
+            best = other
+    return best
+
+
+def open_phases(events: list[dict[str, Any]], stack: OpenStack | None = None
+                ) -> list[dict[str, Any]]:
+    """The stack of phases open when the process died, outermost first, rebuilt by scope id.
+
+    Open phases are those whose start is recorded and whose end is not, wherever either
+    is: the stack file's slots (written on the caller's thread at every phase edge, so they
+    are exact up to the kill) and the breadcrumb events (whose ``phase_end`` events arrive
+    late). Without a stack file, the events' ``phase_start`` records stand in (phases whose
+    start was evicted from the ring are then missing). The stack is the chain of parents
+    (``parent_scope_id``) of the innermost open phase that started last; the flight
+    recorder's :func:`memspan.oom.service.phase_stack` answers the same question for a live
+    process. Entries carry ``name``, ``path``, ``scope_id``, ``parent_scope_id``, ``depth``,
+    ``start``, ``attributes`` (bounded, ``attributes_truncated`` counting what was cut) and,
+    when known, ``thread_id`` and ``thread_name``. Never more entries than open phases,
+    never a phase twice.
     """
-    stack: list[dict[str, Any]] = []
-    for event in events:
-        kind = event.get("type")
-        if kind == EventType.PHASE_START.value:
-            stack.append({"path": event.get("path"), "scope_id": event.get("scope_id"),
-                          "name": str(event.get("path", "")).rsplit(names.PATH_SEPARATOR, 1)[-1]})
-        elif kind == EventType.PHASE_END.value:
-            scope = event.get("scope_id")
-            for index in range(len(stack) - 1, -1, -1):
-                if stack[index]["scope_id"] == scope:
-                    del stack[index:]
-                    break
-    return stack
+    return _stack_of(open_candidates(events, stack))
+
+
+def _stack_of(candidates: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    if not candidates:
+        return []
+    parents = {id(p) for c in candidates.values() if (p := _parent(c, candidates)) is not None}
+    leaves = [c for c in candidates.values() if id(c) not in parents] or list(candidates.values())
+    leaf = max(leaves, key=lambda c: (c.get("start") or 0.0, c.get("depth") or 0))
+    chain: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    node: dict[str, Any] | None = leaf
+    while node is not None and id(node) not in seen and len(chain) < 4096:
+        seen.add(id(node))
+        chain.append(node)
+        node = _parent(node, candidates)
+    chain.reverse()
+    return chain
+
+
+def stack_phase_ends(events: list[dict[str, Any]], stack: OpenStack | None
+                     ) -> list[dict[str, Any]]:
+    """The stack file's closed records whose ``phase_end`` the events do not have yet, as
+    ``phase_end`` events stamped with their end time (``source: stack``)."""
+    if stack is None or not stack.valid:
+        return []
+    ended = {scope for e in events if e.get("type") == EventType.PHASE_END.value
+             and (scope := _scope(e)) is not None}
+    out = []
+    for record in stack.closed:
+        scope = _scope(record)
+        end = _number(record.get("end"))
+        if scope is None or scope in ended or end is None:
+            continue
+        ended.add(scope)
+        out.append({**record, "type": EventType.PHASE_END.value, "ts": end, "source": "stack"})
+    return out
+
+
+def _time_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events oldest first by when they happened (an event without a time keeps the time of
+    the one before it)."""
+    keyed = []
+    last = 0.0
+    for index, event in enumerate(events):
+        ts = _number(event.get("ts"))
+        last = ts if ts is not None else last
+        keyed.append((last, index, event))
+    keyed.sort(key=lambda item: (item[0], item[1]))
+    return [event for _, _, event in keyed]
 
 
 def highest_rss(events: list[dict[str, Any]]) -> int | None:
@@ -134,8 +271,12 @@ def _started_at(header: dict[str, Any] | None, mtime: float) -> float:
 def collect_breadcrumbs(dump_dir: str, classification: ProcessExitClassification, *,
                         run_started: float, child_pid: int, cgroup_oom_rose: bool,
                         output_excerpt: dict[str, str] | None = None,
-                        max_dumps: int, max_total_mb: int) -> BreadcrumbOutcome:
-    """Apply the module docstring's rules to ``<dump_dir>/.breadcrumbs``."""
+                        max_dumps: int, max_total_mb: int,
+                        child_exited_at: float | None = None) -> BreadcrumbOutcome:
+    """Apply the module docstring's rules to ``<dump_dir>/.breadcrumbs``.
+
+    ``child_exited_at``: when the launcher saw its child die (epoch seconds); the child's
+    bundle dates its death from it (other processes' from their last breadcrumb)."""
     outcome = BreadcrumbOutcome()
     directory = os.path.join(dump_dir, DIRECTORY)
     try:
@@ -152,7 +293,7 @@ def collect_breadcrumbs(dump_dir: str, classification: ProcessExitClassification
     try:
         _collect(dir_fd, dump_dir, classification, outcome, run_started=run_started,
                  child_pid=child_pid, cgroup_oom_rose=cgroup_oom_rose,
-                 output_excerpt=output_excerpt or {})
+                 output_excerpt=output_excerpt or {}, child_exited_at=child_exited_at)
     finally:
         os.close(dir_fd)
     if outcome.bundles:
@@ -163,9 +304,11 @@ def collect_breadcrumbs(dump_dir: str, classification: ProcessExitClassification
 
 def _collect(dir_fd: int, dump_dir: str, classification: ProcessExitClassification,
              outcome: BreadcrumbOutcome, *, run_started: float, child_pid: int,
-             cgroup_oom_rose: bool, output_excerpt: dict[str, str]) -> None:
-    names = sorted(os.listdir(dir_fd))[:10_000]
-    for name in names:
+             cgroup_oom_rose: bool, output_excerpt: dict[str, str],
+             child_exited_at: float | None) -> None:
+    listed = sorted(os.listdir(dir_fd))[:10_000]
+    present = set(listed)
+    for name in listed:
         temporary = _TEMPORARY.match(name)
         if temporary is not None and not _alive(int(temporary.group(2))):
             try:
@@ -177,24 +320,37 @@ def _collect(dir_fd: int, dump_dir: str, classification: ProcessExitClassificati
         if match is None:
             continue
         rank, pid = int(match.group(1)), int(match.group(2))
+        companion = stack_name(name)
+        if match.group(3) == "stack":
+            if f"r{rank}_p{pid}.jsonl" in present:
+                continue  # read with its breadcrumb file
+            companion, name = name, ""
         if _alive(pid):
             continue
+        header: dict[str, Any] | None = None
+        events: list[dict[str, Any]] = []
+        bad_lines = 0
+        mtime = 0.0
         try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISLNK(info.st_mode):
-                raise UnsafePathError(errno.ELOOP, "is a symlink (refused, never followed)", name)
-            if not stat.S_ISREG(info.st_mode):
-                raise UnsafePathError(errno.EINVAL, "is not a regular file (refused)", name)
-            header, events, bad_lines = read_breadcrumb(name, dir_fd=dir_fd)
+            if name:
+                info = _regular(dir_fd, name)
+                mtime = info.st_mtime
+                header, events, bad_lines = read_breadcrumb(name, dir_fd=dir_fd)
+            stack = _read_stack(dir_fd, companion, present)
+            if not name and stack is None:
+                continue
         except UnsafePathError as error:
-            outcome.refused.append(f"{os.path.join(dump_dir, DIRECTORY, name)} {error.strerror}")
+            shown = name or companion
+            outcome.refused.append(f"{os.path.join(dump_dir, DIRECTORY, shown)} {error.strerror}")
             continue
         except OSError:
             outcome.skipped += 1
             continue
-        started = _started_at(header, info.st_mtime)
+        if stack is not None and not stack.valid:
+            bad_lines += 1  # a stack file that is not one: counted, its breadcrumbs still read
+        started = _started_at(header, mtime or (stack.started_at if stack else None) or 0.0)
         if started < run_started:
-            outcome.stale.append(os.path.join(dump_dir, DIRECTORY, name))
+            outcome.stale.append(os.path.join(dump_dir, DIRECTORY, name or companion))
             continue
         rss = highest_rss(events)
         if rss is not None and (outcome.peak_rss_bytes is None or rss > outcome.peak_rss_bytes):
@@ -204,29 +360,59 @@ def _collect(dir_fd: int, dump_dir: str, classification: ProcessExitClassificati
                     else None)
         if evidence is None:
             outcome.discarded += 1
-            _remove(dir_fd, name, outcome)
+            _remove(dir_fd, name, companion, present, outcome)
             continue
-        path = _write(dump_dir, name, rank, pid, header, events, bad_lines, classification,
-                      evidence, child_pid, output_excerpt, outcome)
+        path = _write(dump_dir, name or companion, rank, pid, header, events, stack, bad_lines,
+                      classification, evidence, child_pid, output_excerpt, outcome,
+                      child_exited_at if pid == child_pid else None)
         if path is not None:
             outcome.bundles.append(path)
-            _remove(dir_fd, name, outcome)
+            _remove(dir_fd, name, companion, present, outcome)
 
 
-def _remove(dir_fd: int, name: str, outcome: BreadcrumbOutcome) -> None:
-    try:
-        unlink_in(dir_fd, name)
-    except OSError as error:
-        outcome.warnings.append(f"cannot remove breadcrumb {name}: {error.strerror}")
+def _regular(dir_fd: int, name: str) -> os.stat_result:
+    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafePathError(errno.ELOOP, "is a symlink (refused, never followed)", name)
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafePathError(errno.EINVAL, "is not a regular file (refused)", name)
+    return info
+
+
+def _read_stack(dir_fd: int, name: str, present: set[str]) -> OpenStack | None:
+    """The stack file ``name`` beside a breadcrumb, bounded; None when there is none."""
+    if name not in present:
+        return None
+    _regular(dir_fd, name)
+    return parse_open_stack(read_regular_file(name, MAX_STACK_BYTES, dir_fd=dir_fd).data)
+
+
+def _remove(dir_fd: int, name: str, companion: str, present: set[str],
+            outcome: BreadcrumbOutcome) -> None:
+    for each in (name, companion if companion in present else ""):
+        if not each:
+            continue
+        try:
+            unlink_in(dir_fd, each)
+        except OSError as error:
+            outcome.warnings.append(f"cannot remove breadcrumb {each}: {error.strerror}")
 
 
 def _write(dump_dir: str, name: str, rank: int, pid: int, header: dict[str, Any] | None,
-           events: list[dict[str, Any]], bad_lines: int,
+           events: list[dict[str, Any]], stack: OpenStack | None, bad_lines: int,
            classification: ProcessExitClassification, evidence: str, child_pid: int,
-           output_excerpt: dict[str, str], outcome: BreadcrumbOutcome) -> str | None:
-    stack = open_phases(events)
+           output_excerpt: dict[str, str], outcome: BreadcrumbOutcome,
+           exited_at: float | None) -> str | None:
+    candidates = open_candidates(events, stack)
+    phases = _stack_of(candidates)
+    in_stack = {id(p) for p in phases}
+    others = [c for c in candidates.values() if id(c) not in in_stack][:64]
+    events = _time_order(events + stack_phase_ends(events, stack))
+    last_event = max((t for e in events if (t := _number(e.get("ts"))) is not None),
+                     default=None)
     samples = [e for e in events if e.get("type") == "sample"]
     session = (header or {}).get("session_id")
+    died = exited_at if exited_at is not None else last_event
     manifest = {
         "created_at_utc": datetime.now(timezone.utc).isoformat(),
         "reason": classification.reason,
@@ -234,21 +420,30 @@ def _write(dump_dir: str, name: str, rank: int, pid: int, header: dict[str, Any]
         "backend": "process",
         "trace_id": None,
         "span_id": None,
-        "phase_path": stack[-1]["path"] if stack else None,
-        "scope_id": stack[-1]["scope_id"] if stack else None,
+        "phase_path": phases[-1]["path"] if phases else None,
+        "scope_id": phases[-1]["scope_id"] if phases else None,
         "session_id": session if isinstance(session, str) else None,
         "rank": rank,
         "pid": pid,
         "source": "breadcrumb",
+        # when the process died: the launcher's reaping of its child, else its last event
+        "died_at_unix": died,
+        "died_at_from": ("child exit" if exited_at is not None else
+                         "last breadcrumb" if last_event is not None else None),
+        "last_event_unix": last_event,
     }
+    stack_info = None if stack is None else {
+        "valid": stack.valid, "bad_slots": stack.bad_slots, "overflow": stack.overflow,
+        "open": len(stack.open), "closed": len(stack.closed)}
     content = BundleContent(
         manifest=manifest,
         metadata={"exit": dataclasses.asdict(classification), "breadcrumb_header": header,
                   "corrupt_lines": bad_lines, "context": "process exit",
+                  "stack_file": stack_info, "other_open_phases": others,
                   "evidence": evidence, "child_pid": child_pid,
                   "is_child": pid == child_pid,
                   "output_tail": {k: v[-OUTPUT_EXCERPT_BYTES:] for k, v in output_excerpt.items()}},
-        phases=stack,
+        phases=phases,
         memory={"last_sample": samples[-1] if samples else None},
         environment=environment_report(),
         traceback_text="(no traceback: the process was killed)\n",

@@ -4,13 +4,21 @@ A process killed by the kernel's OOM killer cannot write anything. While it live
 recorder appends new ring events to ``<dump_dir>/.breadcrumbs/r<rank>_p<pid>.jsonl``. The
 ``memspan run`` launcher turns a file left behind into a bundle.
 
+The open phase stack is not taken from this file when it can be helped: each phase edge
+also goes, synchronously and without a system call, into the stack file beside it
+(:mod:`memspan.oom.breadcrumb_stack`, through :meth:`BreadcrumbWriter.phase_opened` and
+:meth:`BreadcrumbWriter.phase_closed` on the caller's thread), with the phase's user
+attributes; the launcher rebuilds the stack by scope id from it. This file is the history
+(samples, phase ends with figures, OOM events).
+
 When a flush writes (the hot path calls :meth:`BreadcrumbWriter.flush` after recording an
 event; the call signature is unchanged):
 
-- the first flush writes the file (header and the ring so far);
-- a flush whose new events include a ``phase_start`` or an OOM-related event writes at
-  once, so a SIGKILL right after a phase opened (even in the first 0.1 s of the process)
-  still leaves the open phase stack on disk;
+- the first flush writes the file (header and the ring so far); so does the first phase
+  start, with the stack file;
+- a flush whose new events include an OOM-related event writes at once; so does one with a
+  ``phase_start`` when there is no stack file (it could not be made: then the starts in this
+  file are the only record of the open stack);
 - anything else (``phase_end``, samples) at most every ``min_interval_s`` (the sampler
   flushes about every 0.1 s, so a phase end is on disk within ``min_interval_s``), and
   with the next phase start; ``force=True`` always writes.
@@ -33,8 +41,8 @@ Invariants:
   about once and counted as ``breadcrumb_error``. Directories are created ``0700``.
 - If the directory (or the dump directory) is deleted while the process runs, the next
   write recreates it (``0700``) and rewrites the file.
-- A clean shutdown removes the file; a forked child writes none. Failures are counted,
-  never raised.
+- A clean shutdown removes the file and its stack file; a forked child writes none.
+  Failures are counted, never raised.
 """
 
 from __future__ import annotations
@@ -44,10 +52,11 @@ import json
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memspan.drops import BREADCRUMB_ERROR, DropLedger
 from memspan.names import EventType
+from memspan.oom.breadcrumb_stack import OpenStackWriter, stack_name
 from memspan.oom.ring import EventRing
 from memspan.safe_files import (
     UnsafePathError,
@@ -58,14 +67,18 @@ from memspan.safe_files import (
     write_all,
 )
 
+if TYPE_CHECKING:
+    from memspan.phases.record import PhaseSpan
+
 HEADER_TYPE = "breadcrumb_header"
 DIRECTORY = ".breadcrumbs"
 #: The most a launcher reads back from one breadcrumb file (the writer keeps it well below).
 MAX_READ_BYTES = 16 << 20
 #: Longest line kept when a breadcrumb is read back (longer ones count as corrupt).
 MAX_LINE_BYTES = 1 << 20
-_URGENT = frozenset({EventType.PHASE_START.value, EventType.OOM.value,
-                     EventType.ALLOCATOR_OOM.value, EventType.CGROUP_OOM_KILL.value})
+_URGENT_WITH_STACK = frozenset({EventType.OOM.value, EventType.ALLOCATOR_OOM.value,
+                                EventType.CGROUP_OOM_KILL.value})
+_URGENT = _URGENT_WITH_STACK | {EventType.PHASE_START.value}
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -100,6 +113,67 @@ class BreadcrumbWriter:
         self._refused = False
         self._dirty = False
         self._pid = os.getpid()
+        self._stack: OpenStackWriter | None = None
+        self._stack_failed = False
+        self._stack_name = stack_name(self._name)
+
+    # -- the open stack (caller's thread) ----------------------------------------------------
+    def phase_opened(self, phase: PhaseSpan) -> bool:
+        """Put ``phase`` into the stack file (made at the first call, with this file's first
+        write); False when there is no stack file or no free slot, so the caller must get the
+        start on disk through :meth:`flush` instead."""
+        stack = self._stack
+        if stack is None:
+            stack = self._open_stack()
+            if stack is None:
+                return False
+        overflow = stack.overflow
+        stack.opened(phase)
+        return stack.overflow == overflow and stack.live and self._stack_in_place()
+
+    def _stack_in_place(self) -> bool:
+        """Whether the stack file is still where the launcher looks (one ``fstatat``, under
+        a microsecond): when the dump directory was deleted under the job, the start just
+        written went into an unlinked file, and the caller's flush puts both back."""
+        dir_fd = self._dir_fd
+        if dir_fd is None:
+            return False
+        try:
+            os.stat(self._stack_name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+    def phase_closed(self, phase: PhaseSpan) -> None:
+        """Turn ``phase``'s slot in the stack file into its closed record."""
+        stack = self._stack
+        if stack is not None:
+            stack.closed(phase)
+
+    def _open_stack(self) -> OpenStackWriter | None:
+        """Make the stack file, after this file's first write (so the launcher finds the
+        header beside it); a failure is counted once and leaves the starts to :meth:`flush`."""
+        if self._stack_failed or self._refused or os.getpid() != self._pid:
+            return None
+        with self._lock:
+            if self._stack is not None or self._stack_failed or self._refused:
+                return self._stack
+            try:
+                if not self._started:
+                    self._last_flush = time.monotonic()
+                    self._write_whole()
+                self._stack = OpenStackWriter.create(self._directory_fd(), self._stack_name)
+            except UnsafePathError as error:
+                self._refused = True
+                self._stack_failed = True
+                self._close_directory()
+                self._ledger.add(BREADCRUMB_ERROR, warning=f"breadcrumbs disabled: {error}")
+            except (OSError, ValueError) as error:
+                self._stack_failed = True
+                self._close_directory()
+                self._ledger.add(BREADCRUMB_ERROR,
+                                 warning=f"the breadcrumb stack file failed: {error}")
+        return self._stack
 
     def flush(self, *, force: bool = False) -> None:
         """Write what the ring recorded since the last write (see the module docstring).
@@ -135,8 +209,9 @@ class BreadcrumbWriter:
             events = self._ring.since(self._last_sequence)
             if not events:
                 return
+            urgent = _URGENT if self._stack is None else _URGENT_WITH_STACK
             if not force and now - self._last_flush < self.min_interval_s and not any(
-                    event.get("type") in _URGENT for event in events):
+                    event.get("type") in urgent for event in events):
                 return
             self._last_flush = now
             data = "".join(_line(e) + "\n" for e in events).encode("utf-8")
@@ -207,6 +282,12 @@ class BreadcrumbWriter:
             except UnsafePathError:
                 self._close_directory()
                 raise
+        stack = self._stack
+        if stack is not None and stack.live and self._started:
+            try:  # deleted with its directory (or alone): put it back, mapped anew
+                os.stat(self._stack_name, dir_fd=self._directory_fd(), follow_symlinks=False)
+            except FileNotFoundError:
+                stack.move_to(self._directory_fd(), self._stack_name)
         self._started = True
         self._size = len(data)
         self._last_sequence = events[-1]["seq"] if events else self._ring.last_sequence
@@ -216,6 +297,9 @@ class BreadcrumbWriter:
             return
         with self._lock:
             try:
+                if self._stack is not None:
+                    self._stack.close()
+                    unlink_in(self._directory_fd(), self._stack_name)
                 if self._started:
                     unlink_in(self._directory_fd(), self._name)
             except OSError as error:

@@ -261,7 +261,7 @@ class OOMFlightRecorder:
             memory=memory,
             environment=environment_report(),
             traceback_text=text,
-            events=self.ring.snapshot(),
+            events=self.ring.iter_snapshot(),
             cuda_snapshot=request.cuda_snapshot,
         )
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from memspan.drops import EVENT_TRUNCATED, RING_OVERFLOW, SIGNAL_REENTRY, DropLedger
@@ -241,6 +241,17 @@ class EventRing:
             if entered:
                 self._lock.exit()
         return [_rendered(entry) for entry in merged]
+
+    def iter_snapshot(self) -> Iterator[dict[str, Any]]:
+        """:meth:`snapshot`, rendered one event at a time as it is consumed (a dump under
+        memory pressure streams the events instead of holding them all at once)."""
+        entered = self._lock.enter()
+        try:
+            merged = sorted([*self._samples, *self._rare], key=lambda e: e[0])
+        finally:
+            if entered:
+                self._lock.exit()
+        return (_rendered(entry) for entry in merged)
 
     def since(self, sequence: int) -> list[dict[str, Any]]:
         """Events recorded after ``sequence``, oldest first (incremental breadcrumb flushes).

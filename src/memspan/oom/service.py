@@ -36,10 +36,12 @@ from memspan import names
 from memspan.config import MemspanConfig
 from memspan.drops import CALLBACK_ERROR, DropLedger
 from memspan.names import EventType
+from memspan.oom.breadcrumb_stack import bounded_attributes
 from memspan.oom.breadcrumbs import BreadcrumbWriter, breadcrumb_path
 from memspan.oom.classify import OOMExceptionClassification, OOMKind, classify_oom_exception
 from memspan.oom.observer import AllocatorObserver, ObservedOOM, process_observer
 from memspan.oom.recorder import DumpRequest, DumpResult, OOMFlightRecorder, OOMFlightRecorderConfig
+from memspan.oom.reserve import MemoryReserve, process_reserve
 from memspan.phases.record import PhaseSpan
 from memspan.resource import rank_identity_or_default
 from memspan.sampling.sampler import CounterIncrease, Sampler
@@ -162,6 +164,8 @@ class FlightRecorderService:
         self.observer = observer if observer is not None else process_observer()
         self.observer.capture_history = config.cuda_history
         self.sample_every_s = sample_every_s
+        #: address space held back for a bundle after a host MemoryError (memspan.oom.reserve)
+        self.reserve: MemoryReserve | None = process_reserve() if config.oom_enabled else None
         self._last_sample = 0.0
         self._history_started = False
         self.breadcrumbs: BreadcrumbWriter | None = None
@@ -195,11 +199,13 @@ class FlightRecorderService:
 
     # -- ring feeding ------------------------------------------------------------------------
     def phase_started(self, phase: PhaseSpan) -> None:
-        """A ``phase_start`` ring event, written to the breadcrumb at once (caller's thread).
+        """A ``phase_start`` ring event (with the parent's scope id and the bounded user
+        attributes), and the phase in the breadcrumb stack file (caller's thread).
 
         Wired only when breadcrumbs are on (``memspan run``): a SIGKILL leaves no chance to
         write later, so the open phase stack must be on disk before the phase's work runs.
-        This costs one breadcrumb write per phase start (see docs/performance.md); without
+        The stack file is a memory write (:mod:`memspan.oom.breadcrumb_stack`); only
+        without one does a start cost a breadcrumb write (see docs/performance.md). Without
         breadcrumbs, open phases reach a dump through the phase stack instead.
         """
         event: dict[str, Any] = {"type": EventType.PHASE_START.value, "path": phase.path_text,
@@ -211,11 +217,28 @@ class FlightRecorderService:
             if entry.allocator is not None:
                 event["device"] = entry.allocator.device
                 event["allocated"] = entry.allocator.allocated
+        parent = phase.parent
+        if parent is not None:
+            event["parent_scope_id"] = parent.scope_id
+        if phase.attributes:
+            attributes, truncated = bounded_attributes(phase.attributes)
+            event["attributes"] = attributes
+            if truncated:
+                event["attributes_truncated"] = truncated
         self.recorder.ring.record_owned(event)
-        if self.breadcrumbs is not None:
-            # force: wait for a flush another thread is doing rather than leave this start to
-            # it; a SIGKILL right after would otherwise take the phase stack with it
-            self.breadcrumbs.flush(force=True)
+        breadcrumbs = self.breadcrumbs
+        if breadcrumbs is not None and not breadcrumbs.phase_opened(phase):
+            # no stack file (or no free slot in it): the start must reach the breadcrumb
+            # file now. force: wait for a flush another thread is doing rather than leave
+            # this start to it; a SIGKILL right after would otherwise take the stack with it
+            breadcrumbs.flush(force=True)
+
+    def phase_closed(self, phase: PhaseSpan) -> None:
+        """``phase`` closed (caller's thread, before its export): its slot in the breadcrumb
+        stack file becomes its end record, so a SIGKILL right after cannot show it open."""
+        breadcrumbs = self.breadcrumbs
+        if breadcrumbs is not None:
+            breadcrumbs.phase_closed(phase)
 
     def phase_ended(self, phase: PhaseSpan) -> None:
         """One ``phase_end`` ring event per finished phase, with its start and end figures
@@ -250,6 +273,9 @@ class FlightRecorderService:
             self.breadcrumbs.flush()
 
     def on_sample(self, readings: Sequence[Reading], increases: Sequence[CounterIncrease]) -> None:
+        reserve = self.reserve
+        if reserve is not None and not reserve.held:
+            reserve.restore()  # released for an OOM: taken back once memory allows
         for increase in increases:
             event_type = self.sampler.catalogue.counter_events.get(increase.metric)
             if event_type is not None:
@@ -318,6 +344,7 @@ class FlightRecorderService:
 
     def phase_failed(self, phase: PhaseSpan, error: BaseException) -> None:
         """An exception is leaving ``phase`` (caller's thread, before the phase ends)."""
+        self._release_reserve(error)
         classification = self._claim(error)
         if classification is None:
             return
@@ -329,6 +356,7 @@ class FlightRecorderService:
     def capture(self, error: BaseException, context: str | None,
                 metadata: Mapping[str, Any] | None) -> None:
         """An OOM caught by :func:`memspan.capture_oom` (not yet handled by a phase)."""
+        self._release_reserve(error)
         classification = self._claim(error)
         if classification is None:
             return
@@ -348,6 +376,12 @@ class FlightRecorderService:
                                         f"{type(failure).__name__}")
             except Exception:
                 pass
+
+    def _release_reserve(self, error: BaseException) -> None:
+        """A host ``MemoryError`` may have taken the last byte: free the reserve before
+        anything else allocates (classifying, draining, writing the bundle)."""
+        if isinstance(error, MemoryError) and self.reserve is not None and not is_handled(error):
+            self.reserve.release()
 
     def _respond(self, error: BaseException, classification: OOMExceptionClassification,
                  span: trace.Span | None, extra_span: trace.Span | None,

@@ -74,7 +74,7 @@ class PhaseWatcher(Protocol):
     allocator's OOM observer is attached before the first device OOM, and breadcrumbs are on
     disk before a SIGKILL). Every call is guarded: a watcher that raises is counted."""
 
-    #: whether :meth:`phase_started` must run at every phase start (it costs a write)
+    #: whether :meth:`phase_started` and :meth:`phase_closed` must run at every phase edge
     watches_starts: bool
 
     def phase_started(self, phase: PhaseSpan) -> None:
@@ -85,6 +85,10 @@ class PhaseWatcher(Protocol):
 
     def phase_failed(self, phase: PhaseSpan, error: BaseException) -> None:
         """``error`` is leaving ``phase``, which has not ended yet."""
+
+    def phase_closed(self, phase: PhaseSpan) -> None:
+        """``phase`` has ended (its end time and exit figures are set) and is not exported
+        yet; called only where :meth:`phase_started` is (``watches_starts``)."""
 
 
 class PhaseCore:
@@ -375,6 +379,11 @@ class PhaseCore:
                               and phase.gen_frame is not None)
         phase.end_ns = end_ns
         phase.closed = True
+        if self._watch_starts and self._watcher is not None:
+            try:
+                self._watcher.phase_closed(phase)
+            except Exception:
+                self.ledger.add(CALLBACK_ERROR, warning="recording a phase end failed")
         if phase.gen_frame is not None:
             phase.gen_frame = None
         if phase.sequence >= self._inherited_below:  # else the parent process exports it

@@ -27,12 +27,22 @@ Invariants:
 - After :meth:`PhaseExporter.shutdown`, a phase that still ends (it was open at shutdown, or
   opened after) is delivered at once on the thread that ends it: never left in a buffer
   nobody drains.
+- Final delivery has a deadline, whatever a span processor does (a ``SimpleSpanProcessor``
+  whose exporter takes a second a span, one that never returns): once
+  :meth:`PhaseExporter.give_up_at` is set (the final drain, :meth:`PhaseExporter.shutdown`),
+  every thread delivering spans checks it before each ``on_end`` and counts the spans it no
+  longer hands over (``export_deadline``), and a shutdown that cannot take the drain lock by
+  then (a processor blocked forever holds it) takes the pending phases out and counts them.
+  The one span inside a blocked ``on_end`` is the exporter's. Histograms are still recorded
+  for every phase: the metrics of the final export are complete.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -43,10 +53,17 @@ from opentelemetry.metrics import Counter
 from opentelemetry.sdk.trace import ReadableSpan
 
 from memspan import names
-from memspan.drops import CALLBACK_ERROR, PHASE_BUFFER_FULL, STEP_BUFFER_FULL, DropLedger
+from memspan.drops import (
+    CALLBACK_ERROR,
+    EXPORT_DEADLINE,
+    PHASE_BUFFER_FULL,
+    STEP_BUFFER_FULL,
+    DropLedger,
+)
 from memspan.fork_safety import reset_in_forked_children
 from memspan.phases.figures import BoundaryReader
 from memspan.phases.histograms import PhaseHistograms, PhaseSample
+from memspan.phases.name_series import SeriesPaths
 from memspan.phases.record import PhaseSpan, StepTrace
 from memspan.phases.span_build import add_exit_attributes, build_span
 from memspan.phases.span_path import SDK, PassiveProcessor, SpanPath, SpanPaths
@@ -101,13 +118,19 @@ class PhaseExporter:
         self._waiting_phases = 0
         self._closed = False
         self._warned_sdk_sampling = False
+        #: monotonic time after which no span is handed to a processor (final delivery)
+        self._give_up_at = math.inf
+        #: bounds the histogram series when phase names embed step numbers
+        self.series_paths = SeriesPaths(ledger)
+        #: spans counted as ``export_deadline`` by this exporter
+        self.undelivered = 0
         reset_in_forked_children(self)
 
     # -- the caller's side ------------------------------------------------------------------
     def submit(self, phase: PhaseSpan) -> None:
         if self._closed:  # after shutdown no worker drains: deliver it now, on this thread
             with self._drain_lock:
-                self._deliver([phase])
+                self._deliver([phase], bounded=False)
             return
         pending = self._pending
         size = len(pending)
@@ -184,19 +207,54 @@ class PhaseExporter:
                 self.ledger.add(CALLBACK_ERROR)
             self.drain()
 
+    def give_up_at(self, deadline: float) -> None:
+        """From ``deadline`` (``time.monotonic()``) on, final delivery stops handing spans to
+        the processors and counts them instead (module docstring). Only ever moves earlier."""
+        self._give_up_at = min(self._give_up_at, deadline)
+
     def shutdown(self, timeout_s: float = 5.0) -> bool:
-        """Stop the worker and deliver what is pending; True when it ended in time."""
+        """Stop the worker and deliver what is pending by ``timeout_s`` from now, whatever the
+        processors do; what is not delivered by then is counted. True when it ended in time."""
+        deadline = time.monotonic() + timeout_s
+        self.give_up_at(deadline)
         self._stop.set()
         self._wake.set()
         self._closed = True
         thread, self._thread = self._thread, None
         ended = True
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
             ended = not thread.is_alive()
         self.drain()
         self.flush_waiting_steps()
-        return ended
+        return ended and self.undelivered == 0 and time.monotonic() <= deadline
+
+    def _lock_for_delivery(self) -> bool:
+        """Take the drain lock: without a deadline, waiting as long as it takes; with one, until
+        the deadline (False: a delivery blocked in a processor holds it)."""
+        give_up = self._give_up_at
+        if give_up == math.inf:
+            return self._drain_lock.acquire()
+        return self._drain_lock.acquire(timeout=max(0.0, give_up - time.monotonic()))
+
+    def _abandon_pending(self) -> None:
+        """The deadline passed with the lock held elsewhere: what waits is never delivered."""
+        abandoned = 0
+        pending = self._pending
+        while pending:
+            try:
+                pending.popleft()
+            except IndexError:
+                break
+            abandoned += 1
+        if abandoned:
+            self._count_undelivered(abandoned)
+
+    def _count_undelivered(self, count: int) -> None:
+        self.undelivered += count
+        self.ledger.add(EXPORT_DEADLINE, count, warning=(
+            "the span processors did not take every finished phase by the shutdown deadline; "
+            "the spans left over were dropped (a span exporter is slow or blocked)"))
 
     def _after_fork_in_child(self) -> None:
         was_running = self._thread is not None
@@ -219,7 +277,10 @@ class PhaseExporter:
         """Deliver every pending phase now (any thread); returns how many were taken."""
         if not self._pending:
             return 0
-        with self._drain_lock:
+        if not self._lock_for_delivery():
+            self._abandon_pending()
+            return 0
+        try:
             pending = self._pending
             batch: list[PhaseSpan] = []
             append = batch.append
@@ -232,18 +293,27 @@ class PhaseExporter:
             if batch:
                 self._deliver(batch)
             return len(batch)
+        finally:
+            self._drain_lock.release()
 
     def flush_waiting_steps(self) -> None:
         """Decide every step still waiting for its root as kept (at shutdown)."""
-        with self._drain_lock:
+        if not self._waiting:
+            return
+        if not self._lock_for_delivery():
+            self._count_undelivered(self._waiting_phases)
+            return
+        try:
             out: list[PhaseSpan] = []
             while self._waiting:
                 _, step = self._waiting.popitem(last=False)
                 self._release(step, OVERFLOW, out)
             if out:
                 self._deliver_decided(out)
+        finally:
+            self._drain_lock.release()
 
-    def _deliver(self, batch: Sequence[PhaseSpan]) -> None:
+    def _deliver(self, batch: Sequence[PhaseSpan], *, bounded: bool = True) -> None:
         path = self.span_paths.current
         decided: list[tuple[PhaseSpan, bool]] = []
         keeps_all = self.steps.keeps_all
@@ -270,7 +340,7 @@ class PhaseExporter:
                     self._close_step(step)
             else:
                 self._route(phase, step, decided)
-        self._emit(decided, path)
+        self._emit(decided, path, bounded=bounded)
 
     def _warn_sampling_needs_deferral(self, path: SpanPath) -> None:
         if not self._warned_sdk_sampling:
@@ -336,10 +406,17 @@ class PhaseExporter:
         except Exception:
             self.ledger.add(CALLBACK_ERROR)
 
-    def _emit(self, decided: Sequence[tuple[PhaseSpan, bool]], path: SpanPath) -> None:
+    def _past_deadline(self, bounded: bool) -> bool:
+        give_up = self._give_up_at
+        return bounded and give_up != math.inf and time.monotonic() >= give_up
+
+    def _emit(self, decided: Sequence[tuple[PhaseSpan, bool]], path: SpanPath, *,
+              bounded: bool = True) -> None:
         samples: list[PhaseSample] = []
         spans: list[ReadableSpan] = []
         sdk_path = path.mode == SDK
+        series_path = self.series_paths.series_path
+        late = 0
         for phase, keep in decided:
             for listener in self.listeners:
                 try:
@@ -351,7 +428,11 @@ class PhaseExporter:
             if phase.span_delivered:
                 exported = phase.span_exported
             elif sdk_path or phase.sdk_span is not None:
-                exported = self._end_sdk_span(phase)
+                if self._past_deadline(bounded):
+                    exported = False
+                    late += 1
+                else:
+                    exported = self._end_sdk_span(phase)
             elif exported:
                 try:
                     spans.append(build_span(phase, path, keep))
@@ -363,7 +444,7 @@ class PhaseExporter:
             samples.append((
                 (phase.end_ns - phase.start_ns) / 1e9,
                 figures.primary_peak if figures is not None else None,
-                phase.path_text,
+                series_path(phase.path_text),
                 figures.device if figures is not None else "host",
                 phase.span_context if exported and phase.span_context.trace_flags.sampled
                 else None,
@@ -372,12 +453,17 @@ class PhaseExporter:
                 phase.step = None  # the step is decided: break the root <-> step cycle
         if spans:
             processor = path.sdk_tracer.span_processor
-            for span in spans:
+            for index, span in enumerate(spans):
+                if self._past_deadline(bounded):
+                    late += len(spans) - index
+                    break
                 try:
                     processor.on_end(span)
                 except Exception as error:
                     self.ledger.add(CALLBACK_ERROR, warning=(
                         f"a span processor raised in on_end ({type(error).__name__}: {error})"))
+        if late:
+            self._count_undelivered(late)
         try:
             self.histograms.record_batch(samples)
         except Exception as error:
@@ -398,6 +484,8 @@ class PhaseExporter:
                                 else None)
             if phase.extra_attributes:  # user calls on the current span (the phase)
                 attributes.update(phase.extra_attributes)
+            if phase.renamed is not None:
+                span.update_name(phase.renamed)
             span.set_attributes(attributes)
             add_link = getattr(span, "add_link", None)
             if add_link is not None:

@@ -24,6 +24,7 @@ from memspan.drops import SOURCE_ERROR, DropLedger
 from memspan.sampling.history import MaxHistory
 from memspan.sampling.sampler import Sampler
 from memspan.sources.host import HostMemorySource
+from memspan.sources.malloc_info import in_use, malloc_free_bytes
 from memspan.sources.torch_allocator import AllocatorFigures, TorchAllocatorSource
 
 
@@ -35,6 +36,7 @@ class EntryFigures:
         "allocated_tick",
         "allocator",
         "device_index",
+        "malloc_free",
         "maxrss",
         "reserved_history",
         "reserved_tick",
@@ -43,8 +45,9 @@ class EntryFigures:
     )
 
     def __init__(self, rss: int | None = None, maxrss: int | None = None,
-                 rss_tick: int = 0) -> None:
+                 rss_tick: int = 0, malloc_free: int | None = None) -> None:
         self.rss = rss
+        self.malloc_free = malloc_free
         self.maxrss = maxrss
         self.rss_tick = rss_tick
         self.allocator: AllocatorFigures | None = None
@@ -58,13 +61,15 @@ class EntryFigures:
 class ExitFigures:
     """What a phase measured when it closed, as typed fields (``None``: not measured).
 
-    ``primary_*`` is the allocator figure on a device and RSS on a host: the one the phase
-    histograms, retained bytes and the leak verdicts use.
+    ``primary_*`` is the allocator figure on a device and, on a host, the memory in use: RSS
+    less the free bytes the C allocator keeps in its arenas (RSS alone where the C library
+    cannot tell them). ``primary_start``/``primary_end`` give the retained bytes and the leak
+    verdicts; ``primary_peak`` (RSS's peak on a host) the phase histograms.
     """
 
-    __slots__ = ("allocated_end", "allocated_peak", "device", "peak_exact", "primary_end",
-                 "primary_peak", "primary_start", "reserved_end", "reserved_peak", "retained",
-                 "rss_end", "rss_peak")
+    __slots__ = ("allocated_end", "allocated_peak", "device", "malloc_free_end", "peak_exact",
+                 "primary_end", "primary_peak", "primary_start", "reserved_end",
+                 "reserved_peak", "retained", "rss_end", "rss_peak")
 
     def __init__(self, device: str, rss_end: int | None = None,
                  rss_peak: int | None = None) -> None:
@@ -72,6 +77,7 @@ class ExitFigures:
         self.device = device
         self.rss_end = rss_end
         self.rss_peak = rss_peak
+        self.malloc_free_end: int | None = None
         self.allocated_end: int | None = None
         self.allocated_peak: int | None = None
         self.reserved_end: int | None = None
@@ -85,6 +91,7 @@ class ExitFigures:
     def add_attributes(self, attributes: dict[str, Any]) -> None:
         """Add the ``.end``/``.peak`` figures, ``peak_exact`` and ``retained`` to a span's."""
         for key, value in ((names.RSS_END, self.rss_end), (names.RSS_PEAK, self.rss_peak),
+                           (names.MALLOC_FREE_END, self.malloc_free_end),
                            (names.ALLOCATED_END, self.allocated_end),
                            (names.ALLOCATED_PEAK, self.allocated_peak),
                            (names.RESERVED_END, self.reserved_end),
@@ -173,15 +180,16 @@ class BoundaryReader:
                          f"({type(error).__name__}: {error}); its figures are left out")
 
     def entry(self) -> EntryFigures:
-        rss = maxrss = None
+        rss = maxrss = free = None
         host = self._host
         if host is not None:
             try:
                 rss, maxrss = host.rss_and_peak()
             except Exception as error:
                 self._failed("host memory", error)
+            free = malloc_free_bytes()
         history = self._rss_history
-        figures = EntryFigures(rss, maxrss, history.tick if history is not None else 0)
+        figures = EntryFigures(rss, maxrss, history.tick if history is not None else 0, free)
         torch = self._torch
         if torch is not None:
             try:
@@ -208,6 +216,8 @@ class BoundaryReader:
         """Add the ``.start`` figures and the device to a span's start attributes."""
         if figures.rss is not None:
             attributes[names.RSS_START] = figures.rss
+            if figures.malloc_free is not None:
+                attributes[names.MALLOC_FREE_START] = figures.malloc_free
         allocator = figures.allocator
         if allocator is not None:
             attributes[names.MEMORY_DEVICE] = allocator.device
@@ -217,12 +227,13 @@ class BoundaryReader:
             attributes[names.MEMORY_DEVICE] = "host"
 
     def exit(self, start: EntryFigures) -> ExitFigures:
-        rss = maxrss = None
+        rss = maxrss = free = None
         if self._host is not None:
             try:
                 rss, maxrss = self._host.rss_and_peak()
             except Exception as error:
                 self._failed("host memory", error)
+            free = malloc_free_bytes()
         rss_peak, rss_exact = phase_peak(
             start.rss, rss, start.maxrss, maxrss, self._rss_history, start.rss_tick
         )
@@ -235,6 +246,7 @@ class BoundaryReader:
                 self._failed("the torch allocator", error)
         if begin is not None and end is not None:
             figures = ExitFigures(begin.device, rss, rss_peak)
+            figures.malloc_free_end = free
             alloc_peak, figures.peak_exact = phase_peak(
                 begin.allocated, end.allocated, begin.allocated_peak, end.allocated_peak,
                 start.allocated_history, start.allocated_tick,
@@ -250,8 +262,10 @@ class BoundaryReader:
             figures.primary_peak = alloc_peak
             return figures
         figures = ExitFigures("host", rss, rss_peak)
+        figures.malloc_free_end = free
         if rss_peak is not None and start.rss is not None and rss is not None:
             figures.peak_exact = rss_exact
-            figures.retained = rss - start.rss
-            figures.primary_start, figures.primary_end = start.rss, rss
+            begin_in_use, end_in_use = in_use(start.rss, start.malloc_free), in_use(rss, free)
+            figures.retained = end_in_use - begin_in_use
+            figures.primary_start, figures.primary_end = begin_in_use, end_in_use
         return figures

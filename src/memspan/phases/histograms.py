@@ -8,6 +8,11 @@ offered), so this keeps what the reservoir would have kept and never links to a 
 does not exist. Other records pass an empty context, which the trace-based exemplar filter
 rejects at once.
 
+``memspan.phase.memory.window_peak`` (:class:`PhaseWindowPeaks`, by path and device) is the
+exact highest peak of the runs of a path that ended since the previous collection, so a
+dashboard reads a phase's peak to the byte (the histogram's buckets only bound it within a
+factor of two) and a path that ran once is shown from the first collection after it ran.
+
 Invariant: every record handed to :meth:`PhaseHistograms.record_batch` is recorded exactly once.
 The attribute dicts are cached per series (bounded; the cache is cleared when full, which
 costs only allocations).
@@ -16,16 +21,18 @@ costs only allocations).
 from __future__ import annotations
 
 import logging
+import threading
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import Histogram, Meter
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from memspan import names, otel_internals
+from memspan.drops import PHASE_PEAK_SERIES_FULL, DropLedger
 from memspan.metric_catalogue import MetricRow
 
 _logger = logging.getLogger(__name__)
@@ -45,19 +52,25 @@ class PhaseHistograms:
     """``memspan.phase.duration`` and ``memspan.phase.memory.peak``, by phase path."""
 
     @classmethod
-    def create(cls, meter: Meter, duration: MetricRow, peak: MetricRow) -> PhaseHistograms:
-        """Both histograms on ``meter``, from their catalogue rows, with memspan's buckets."""
+    def create(cls, meter: Meter, duration: MetricRow, peak: MetricRow, *,
+               window_peaks: PhaseWindowPeaks | None = None) -> PhaseHistograms:
+        """Both histograms on ``meter``, from their catalogue rows, with memspan's buckets;
+        every peak recorded is also offered to ``window_peaks`` (whose gauge is registered
+        elsewhere, after the collection hook that drains finished phases)."""
         return cls(
             meter.create_histogram(duration.name, unit=duration.unit,
                                    description=duration.description,
                                    explicit_bucket_boundaries_advisory=SECOND_BUCKETS),
             meter.create_histogram(peak.name, unit=peak.unit, description=peak.description,
                                    explicit_bucket_boundaries_advisory=BYTE_BUCKETS),
+            window_peaks=window_peaks,
         )
 
-    def __init__(self, duration: Histogram, peak: Histogram, *, direct: bool = True) -> None:
+    def __init__(self, duration: Histogram, peak: Histogram, *, direct: bool = True,
+                 window_peaks: PhaseWindowPeaks | None = None) -> None:
         self._duration = duration
         self._peak = peak
+        self._window_peaks = window_peaks
         self._series_cache: dict[tuple[str, str], _Series] = {}
         self._direct_duration = DirectAggregation(duration) if direct else None
         self._direct_peak = DirectAggregation(peak) if direct else None
@@ -82,6 +95,7 @@ class PhaseHistograms:
         peak_generation = direct_peak.refresh() if direct_peak is not None else -1
         duration_value = _Recorded(0.0, self._duration)
         peak_value = _Recorded(0, self._peak)
+        maxima: dict[tuple[str, str], int] = {}
         for duration_s, peak, path, device, span_context in reversed(samples):
             series = self._series(path, device)
             context = _EMPTY
@@ -97,6 +111,8 @@ class PhaseHistograms:
                 self._duration.record(duration_s, series.by_path, context=context)
             if peak is None:
                 continue
+            if peak > maxima.get((path, device), -1):
+                maxima[(path, device)] = peak
             peak_context = _EMPTY
             if span_context is not None:
                 key = (path, device, bisect_left(BYTE_BUCKETS, peak))
@@ -108,6 +124,63 @@ class PhaseHistograms:
                                    series.by_device)
             else:
                 self._peak.record(peak, series.by_device, context=peak_context)
+        if self._window_peaks is not None and maxima:
+            self._window_peaks.offer(maxima)
+
+
+class PhaseWindowPeaks:
+    """The highest phase peak per (path, device) since the previous collection, exported as
+    the observable gauge ``memspan.phase.memory.window_peak``.
+
+    Invariants: a collection reports, for every series it knows, the highest peak of the
+    runs that ended since the previous collection, or, when none ended, the value it
+    reported last (a path that ran once stays readable at its true peak); values are the
+    recorded integers, never bucket bounds. At most ``max_series`` series are kept; a path
+    beyond that is counted (``phase_peak_series_full``), never silently lost. One lock,
+    taken once per batch and once per collection.
+    """
+
+    def __init__(self, ledger: DropLedger, *, max_series: int = 1000) -> None:
+        self._ledger = ledger
+        self._max_series = max_series
+        self._lock = threading.Lock()
+        self._window: dict[tuple[str, str], int] = {}
+        self._shown: dict[tuple[str, str], int] = {}
+        self._known: set[tuple[str, str]] = set()
+        self._enabled = True
+
+    def offer(self, maxima: dict[tuple[str, str], int]) -> None:
+        """Merge one batch's highest peak per series into the current window."""
+        refused = 0
+        with self._lock:
+            for key, peak in maxima.items():
+                if key not in self._known:
+                    if len(self._known) >= self._max_series:
+                        refused += 1
+                        continue
+                    self._known.add(key)
+                known = self._window.get(key)
+                if known is None or peak > known:
+                    self._window[key] = peak
+        if refused:
+            self._ledger.add(PHASE_PEAK_SERIES_FULL, refused, warning=(
+                f"more than {self._max_series} phase paths: the peaks of new ones are not in "
+                f"{names.PHASE_MEMORY_WINDOW_PEAK}"))
+
+    def disable(self) -> None:
+        """Report nothing from now on (the SDK cannot unregister an observable gauge)."""
+        self._enabled = False
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        """The gauge's callback: close the window, report every known series."""
+        if not self._enabled:
+            return []
+        with self._lock:
+            self._shown.update(self._window)
+            self._window = {}
+            shown = sorted(self._shown.items())
+        return [Observation(peak, {names.PHASE_PATH: path, names.MEMORY_DEVICE: device})
+                for (path, device), peak in shown]
 
 
 class _Series:

@@ -104,6 +104,8 @@ class PhaseSpan(_Nesting, trace.Span):
     span_delivered = False
     span_exported = False
     extra_attributes: dict[str, AttributeValue] | None = None
+    #: the span's name when user code renamed the current span (``update_name``)
+    renamed: str | None = None
     events: deque[RawEvent] | None = None
     status: Status | None = None
     error: str | None = None
@@ -190,7 +192,11 @@ class PhaseSpan(_Nesting, trace.Span):
             self.links = (*self.links, Link(context, attributes))
 
     def update_name(self, name: str) -> None:
-        """Ignored: a phase's name is its identity in paths, metrics and verdicts."""
+        """Rename the exported span (``trace.get_current_span().update_name(...)``); the
+        phase keeps its name as ``memspan.phase.name`` and in paths, metrics and verdicts,
+        which are its identity."""
+        if self.recording and not self.end_ns and isinstance(name, str):
+            self.renamed = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         if not self.recording or self.end_ns:

@@ -101,7 +101,7 @@ def build_span(phase: PhaseSpan, path: SpanPath, keep: bool) -> ReadableSpan:
     if phase.links:
         links = BoundedList.from_seq(limits.max_links, phase.links)
     return ReadableSpan(
-        name=phase.name,
+        name=phase.renamed or phase.name,
         context=phase.span_context,
         parent=phase.parent_span_context,
         resource=tracer.resource,

@@ -8,6 +8,11 @@ homogeneous sequences of them) pass through unchanged; any other value is string
 that cannot be is a ``TypeError`` naming its key), never dropped,
 with a warning the first time; keys in the reserved ``memspan.`` namespace are rejected with
 an error, because they would overwrite the figures memspan itself reports.
+
+Bad values are bounded and counted, never exported as they are: a ``None`` value is left out
+(OTLP has no null, and the text ``"None"`` would be a lie), counted as ``attribute_none``; a
+sequence longer than :data:`MAX_SEQUENCE_ITEMS` keeps its first items, counted as
+``attribute_truncated`` (a list of 100,000 items would make one span megabytes).
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from typing import Any
 
 from opentelemetry.util.types import AttributeValue
 
-from memspan.drops import ATTRIBUTE_STRINGIFIED, DropLedger
+from memspan.drops import ATTRIBUTE_NONE, ATTRIBUTE_STRINGIFIED, ATTRIBUTE_TRUNCATED, DropLedger
 from memspan.names import PATH_SEPARATOR, RESERVED_PREFIX
 
 #: the deepest nesting a path records (deeper phases keep their parent's path)
 MAX_DEPTH = 256
 
 _SCALARS = (str, bool, int, float)
+#: the most items a sequence attribute keeps
+MAX_SEQUENCE_ITEMS = 1024
 
 
 _INT64 = range(-(1 << 63), 1 << 63)
@@ -67,6 +74,16 @@ def clean_attributes(
                 f"phase attribute {key!r} uses the reserved 'memspan.' namespace; "
                 "choose another key"
             )
+        if value is None:
+            ledger.add(ATTRIBUTE_NONE, warning=f"phase attribute {key!r} is None, which "
+                       "OpenTelemetry cannot carry; it was left out")
+            continue
+        if (isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+                and len(value) > MAX_SEQUENCE_ITEMS):
+            ledger.add(ATTRIBUTE_TRUNCATED, warning=(
+                f"phase attribute {key!r} holds {len(value)} items; only the first "
+                f"{MAX_SEQUENCE_ITEMS} are kept"))
+            value = tuple(value[:MAX_SEQUENCE_ITEMS])
         if _is_otel_value(value):
             cleaned[key] = tuple(value) if isinstance(value, list) else value
         else:

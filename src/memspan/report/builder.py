@@ -2,7 +2,7 @@
 
 A report is about one session (one process's tracker): the latest in the input by default,
 ``session=`` for another, ``merge_all=True`` for every session at once. Verdicts come from
-:func:`~memspan.analysis.verdicts.verdict_for`, the badge from
+:func:`~memspan.analysis.verdicts.judge_paths`, the badge from
 :func:`~memspan.analysis.verdicts.page_badge`, so the page cannot contradict itself.
 
 File names follow ``YYYYMMDD_HHMMSS_{ENV}_{SUFFIX}.html`` (UTC). ENV comes from the
@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from memspan import environment_variables as ev
+from memspan.analysis.run_series import RunSeries
 from memspan.analysis.thresholds import LeakThresholds
 from memspan.analysis.verdicts import (
     Outcome,
     PageBadge,
     Verdict,
     human_bytes,
+    judge_paths,
     page_badge,
     verdict_for,
 )
@@ -215,6 +217,15 @@ def outcome_of(model: ReportModel) -> Outcome | None:
     return None
 
 
+def judge_model(model: ReportModel, limits: LeakThresholds) -> dict[str, Verdict]:
+    """Every path's verdict, from the model's attribution (finished here: its runs waiting for
+    a successor are attributed with what the input holds); a path with no level figures (no
+    memory attributes) is ``insufficient data``."""
+    model.attribution.finish()
+    judged = judge_paths(model.attribution.series, limits)
+    return {path: judged.get(path) or verdict_for(RunSeries(), limits) for path in model.paths}
+
+
 def build_report(
     input_dir: str = "memspan-out",
     *,
@@ -235,7 +246,7 @@ def build_report(
     limits = thresholds or LeakThresholds.from_env()
     model, collector = select_model(input_dir, session, merge_all)
     attach_bundles(dump_dir, model, None if merge_all else model.key)
-    verdicts = {path: verdict_for(stats.series, limits) for path, stats in model.paths.items()}
+    verdicts = judge_model(model, limits)
     badge = page_badge(list(verdicts.values()), outcome_of(model))
     stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     env_name = sanitize(environment or model.environment or os.environ.get("APP_ENV", "")

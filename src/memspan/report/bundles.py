@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from memspan import names
+from memspan.analysis.attribution import FinishedRun
 from memspan.names import EventType
 from memspan.oom.bundle import BUNDLE_NAME
 from memspan.oom.retention import list_bundles
@@ -131,7 +132,9 @@ def _phase_end(event: dict[str, object], time_ns: int, starts: dict[str, int],
             model.steps_first = (start_ns, float(begin))
     stats = model.path_stats(path[:4096], depth)
     if stats is not None:
-        stats.add(duration, peak, begin, end, False)  # a ring event does not say if exact
+        stats.add(duration, peak, begin, end)
+        if begin is not None and end is not None:  # a ring event does not say if a peak is exact
+            model.attribution.add(FinishedRun(path[:4096], begin, end))
     model.phases_from_breadcrumbs += 1
 
 

@@ -1,10 +1,11 @@
 """What a report knows about one session (one process's tracker), accumulated from a stream.
 
-Invariant: memory is bounded whatever the input size. Per phase path: a few numbers and a
-:class:`RunSeries`; the timeline keeps the ``max_timeline`` longest phases of depth
-<= ``timeline_depth``; each memory curve is downsampled (keeping the maximum of merged
-points, so peaks survive); OOM markers and bundles are capped. Paths beyond ``max_paths``
-are counted, not stored.
+Invariant: memory is bounded whatever the input size. Per phase path: a few numbers here and
+a :class:`~memspan.analysis.run_series.RunSeries` in the model's
+:class:`~memspan.analysis.attribution.CycleAttribution`; the timeline keeps the
+``max_timeline`` longest phases of depth <= ``timeline_depth``; each memory curve is
+downsampled (keeping the maximum of merged points, so peaks survive); OOM markers and bundles
+are capped. Paths beyond ``max_paths`` are counted, not stored.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
-from memspan.analysis.verdicts import RunSeries
+from memspan.analysis.attribution import CycleAttribution
 
 
 @dataclass
@@ -26,10 +27,9 @@ class PathStats:
     max_s: float = 0.0
     peak: int | None = None
     added: int | None = None  # the most one run added at its peak (peak - start)
-    series: RunSeries = field(default_factory=RunSeries)
 
-    def add(self, duration_s: float, peak: int | None, start: int | None, end: int | None,
-            exact: bool | None = None) -> None:
+    def add(self, duration_s: float, peak: int | None, start: int | None,
+            end: int | None) -> None:
         self.runs += 1
         self.total_s += duration_s
         self.max_s = max(self.max_s, duration_s)
@@ -39,8 +39,6 @@ class PathStats:
             top = max(x for x in (peak, end, start) if x is not None)
             if self.added is None or top - start > self.added:
                 self.added = top - start
-        if start is not None and end is not None:
-            self.series.add(start, end, peak, exact)
 
 
 @dataclass(order=True)
@@ -119,6 +117,7 @@ class ReportModel:
     timeline_depth: int = 3
     max_ooms: int = 200
     paths: dict[str, PathStats] = field(default_factory=dict)
+    attribution: CycleAttribution = field(default_factory=CycleAttribution)
     timeline: list[TimelineSpan] = field(default_factory=list)
     curves: dict[str, Curve] = field(default_factory=dict)
     steps: Curve = field(default_factory=lambda: Curve(3000))  # (phase start, end figure)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memspan import names
+from memspan.analysis.attribution import FinishedRun
 from memspan.report.lines import WRONG_SHAPE, LineReader
 from memspan.report.model import OOMRecord, ReportModel, RunInfo, TimelineSpan
 from memspan.report.otlp import (
@@ -33,6 +34,7 @@ from memspan.report.otlp import (
     text,
     timestamp,
 )
+from memspan.sources.malloc_info import in_use
 
 CURVE_METRICS = (
     names.PROCESS_MEMORY_USAGE,
@@ -197,7 +199,7 @@ class Collector:
                     local_path(dump),
                 ))
         if isinstance(path, str):
-            _add_phase(model, span, attrs, path, name, start, end)
+            _add_phase(model, span, attrs, path, name, start, end, key)
         return True
 
     def _summary(self, key: str, resource: dict[str, Any] | None) -> SessionSummary | None:
@@ -401,7 +403,7 @@ def _describe(model: ReportModel, resource: dict[str, Any], version: str | None)
 
 
 def _add_phase(model: ReportModel, span: dict[str, Any], attrs: dict[str, Any], path: str,
-               name: str, start: int, end: int) -> None:
+               name: str, start: int, end: int, session: str = "") -> None:
     model.spans_read += 1
     depth = attrs.get(names.PHASE_DEPTH)
     depth = depth if type(depth) is int and 0 < depth < 10_000 else 1
@@ -435,5 +437,17 @@ def _add_phase(model: ReportModel, span: dict[str, Any], attrs: dict[str, Any], 
     if stats is None:
         return
     stats.device = device
-    exact = attrs.get(names.PEAK_EXACT)
-    stats.add((end - start) / 1e9, peak, first, last, exact if isinstance(exact, bool) else None)
+    stats.add((end - start) / 1e9, peak, first, last)
+    if first is not None and last is not None:
+        # a peak not flagged as sampled (``peak_exact`` false) is taken as exact
+        sampled = attrs.get(names.PEAK_EXACT) is False
+        added = peak - first if peak is not None and not sampled else None
+        if keys[1] == names.RSS_START:  # on a host the level is RSS less the allocator's free
+            first = in_use(first, _figure(attrs, names.MALLOC_FREE_START))
+            last = in_use(last, _figure(attrs, names.MALLOC_FREE_END))
+        model.attribution.add(FinishedRun(path[:4096], first, last, added, session))
+
+
+def _figure(attrs: dict[str, Any], key: str) -> int | None:
+    value = attrs.get(key)
+    return value if type(value) is int and value >= 0 else None
